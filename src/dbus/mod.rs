@@ -1,0 +1,1 @@
+//! D-Bus service `org.mpslab.Lab1`.

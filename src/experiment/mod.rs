@@ -1,0 +1,8 @@
+//! Experiments: planning, running worker processes, analysis and reports.
+
+pub mod analysis;
+pub mod orchestrator;
+pub mod plan;
+pub mod protocol;
+pub mod report;
+pub mod schedule;

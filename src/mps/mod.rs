@@ -1,0 +1,1 @@
+//! CUDA MPS control daemon lifecycle.

@@ -1,0 +1,5 @@
+//! Board telemetry: tegrastats, vmstat-equivalent counters and per-process stats.
+
+pub mod procstat;
+pub mod tegrastats;
+pub mod vmstat;
