@@ -71,7 +71,11 @@ $(CACHE)/models.stamp: $(CACHE)/pydeps.stamp
 	cp -f $$(ls $(VENV)/lib/python3*/site-packages/onnx/backend/test/data/light/light_resnet50.onnx) $(MODELS)/
 	touch $@
 
-deps: apt-deps pydeps models
+# Each concern may add install steps in mk/<concern>.mk by appending to EXTRA_DEPS.
+EXTRA_DEPS :=
+-include mk/*.mk
+
+deps: apt-deps pydeps models $(EXTRA_DEPS)
 
 # ---- checks -----------------------------------------------------------------------------------
 check-fmt:
