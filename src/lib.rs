@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dbus;
+pub mod error;
 pub mod exit;
 pub mod experiment;
 pub mod logging;

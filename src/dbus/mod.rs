@@ -1,1 +1,244 @@
-//! D-Bus service `org.mpslab.Lab1`.
+//! D-Bus service `org.mpslab.Lab1`, object `/org/mpslab/Lab1`, interface
+//! `org.mpslab.Lab1.Manager`.
+//!
+//! The interface owns no state: properties read the daemon's published snapshot, read-only
+//! methods query the store, and mutating methods check the caller (taken from the message
+//! header, never from an argument) and forward a command to the task that owns the state.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{fdo, interface, Connection};
+
+use crate::config::Config;
+use crate::daemon::{Command, Status};
+use crate::error::LabError;
+use crate::store::{self, Reader};
+
+pub const BUS_NAME: &str = "org.mpslab.Lab1";
+pub const OBJECT_PATH: &str = "/org/mpslab/Lab1";
+pub const INTERFACE: &str = "org.mpslab.Lab1.Manager";
+
+/// Named errors, as clients see them: `org.mpslab.Lab1.Error.Busy` and so on.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.mpslab.Lab1.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    NotFound(String),
+    Busy(String),
+    InvalidArgument(String),
+    MpsUnavailable(String),
+    AccessDenied(String),
+    Failed(String),
+}
+
+impl From<LabError> for Error {
+    fn from(e: LabError) -> Self {
+        match e {
+            LabError::NotFound(m) => Error::NotFound(m),
+            LabError::Busy(m) => Error::Busy(m),
+            LabError::InvalidArgument(m) => Error::InvalidArgument(m),
+            LabError::MpsUnavailable(m) => Error::MpsUnavailable(m),
+            LabError::AccessDenied(m) => Error::AccessDenied(m),
+            LabError::Failed(m) => Error::Failed(m),
+        }
+    }
+}
+
+impl From<store::StoreError> for Error {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::RunNotFound(id) => Error::NotFound(format!("run {id} not found")),
+            other => Error::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<fdo::Error> for Error {
+    fn from(e: fdo::Error) -> Self {
+        Error::ZBus(zbus::Error::from(e))
+    }
+}
+
+pub struct Manager {
+    pub commands: mpsc::Sender<Command>,
+    pub status: watch::Receiver<Status>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub reader: Reader,
+}
+
+impl Manager {
+    /// Root may always control the daemon; otherwise the caller needs the configured group.
+    async fn authorize(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        action: &str,
+    ) -> Result<(), Error> {
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| Error::AccessDenied(format!("{action}: message has no sender")))?;
+        let dbus = fdo::DBusProxy::new(conn).await.map_err(Error::ZBus)?;
+        let creds = dbus
+            .get_connection_credentials(sender.clone().into())
+            .await?;
+        let uid = creds.unix_user_id().ok_or_else(|| {
+            Error::AccessDenied(format!("{action}: the bus did not report the caller's uid"))
+        })?;
+        if uid == 0 {
+            return Ok(());
+        }
+        let group = self.config.borrow().daemon.control_group.clone();
+        let gid = group_gid(&group).await;
+        let in_group = match (gid, creds.unix_group_ids()) {
+            (Some(gid), Some(groups)) => groups.contains(&gid),
+            _ => false,
+        };
+        if in_group {
+            Ok(())
+        } else {
+            Err(Error::AccessDenied(format!(
+                "{action} needs root or membership in group `{group}` (caller uid {uid})"
+            )))
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, LabError>>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Failed("the daemon is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Failed("the daemon is shutting down".into()))?
+            .map_err(Error::from)
+    }
+}
+
+/// Resolve a group name on a blocking thread (NSS may read files or talk to a directory).
+async fn group_gid(name: &str) -> Option<u32> {
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        nix::unistd::Group::from_name(&name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[interface(name = "org.mpslab.Lab1.Manager")]
+impl Manager {
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        crate::VERSION.to_string()
+    }
+
+    #[zbus(property)]
+    fn mps_state(&self) -> String {
+        self.status.borrow().mps_state.clone()
+    }
+
+    #[zbus(property)]
+    fn mps_reason(&self) -> String {
+        self.status.borrow().mps_reason.clone()
+    }
+
+    #[zbus(property)]
+    fn active_run(&self) -> u64 {
+        self.status.borrow().active_run
+    }
+
+    #[zbus(property)]
+    fn queue_length(&self) -> u32 {
+        self.status.borrow().queue.len() as u32
+    }
+
+    #[zbus(property)]
+    fn samplers(&self) -> std::collections::HashMap<String, String> {
+        self.status.borrow().samplers.clone().into_iter().collect()
+    }
+
+    /// Names of the configured experiments.
+    fn list_experiments(&self) -> Vec<String> {
+        self.config
+            .borrow()
+            .experiments
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// The newest runs first: (id, experiment, status, started Unix ms, finished Unix ms);
+    /// 0 where a time is not known yet.
+    async fn list_runs(&self, limit: u32) -> Result<Vec<(u64, String, String, i64, i64)>, Error> {
+        let limit = if limit == 0 { 20 } else { limit.min(10_000) };
+        let runs = self
+            .reader
+            .with(move |c| store::list_runs(c, limit))
+            .await?;
+        Ok(runs
+            .into_iter()
+            .map(|r| {
+                (
+                    r.id as u64,
+                    r.experiment,
+                    r.status,
+                    r.started_ms.unwrap_or(0),
+                    r.finished_ms.unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    /// Re-read the configuration files; an invalid configuration is refused and the running
+    /// one kept.
+    async fn reload_config(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &hdr, "ReloadConfig").await?;
+        self.call(Command::Reload).await
+    }
+
+    #[zbus(signal, name = "MpsStateChanged")]
+    pub async fn mps_state_changed_signal(
+        emitter: &SignalEmitter<'_>,
+        state: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Emit `PropertiesChanged` for whatever differs between two snapshots.
+pub async fn emit_changes(conn: &Connection, old: &Status, new: &Status) -> zbus::Result<()> {
+    let iface_ref = conn
+        .object_server()
+        .interface::<_, Manager>(OBJECT_PATH)
+        .await?;
+    let iface = iface_ref.get().await;
+    let emitter = iface_ref.signal_emitter();
+    if old.mps_state != new.mps_state || old.mps_reason != new.mps_reason {
+        iface.mps_state_changed(emitter).await?;
+        iface.mps_reason_changed(emitter).await?;
+        Manager::mps_state_changed_signal(emitter, &new.mps_state, &new.mps_reason).await?;
+    }
+    if old.active_run != new.active_run {
+        iface.active_run_changed(emitter).await?;
+    }
+    if old.queue.len() != new.queue.len() {
+        iface.queue_length_changed(emitter).await?;
+    }
+    if old.samplers != new.samplers {
+        iface.samplers_changed(emitter).await?;
+    }
+    Ok(())
+}
