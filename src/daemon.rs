@@ -188,10 +188,14 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     } else {
         zbus::connection::Builder::system()?
     };
-    // The name is requested after the object is served, or early calls could be lost.
+    // The name is requested after the object is served, or early calls could be lost. zbus
+    // defaults to replacing an existing owner and allowing replacement; a second mpslabd must
+    // fail instead of silently taking the name from the running one.
     let bus = builder
         .serve_at(dbus::OBJECT_PATH, manager)?
         .name(dbus::BUS_NAME)?
+        .allow_name_replacements(false)
+        .replace_existing_names(false)
         .build()
         .await?;
 

@@ -35,6 +35,7 @@ pub fn init(identifier: &str, filter: &str) -> Sink {
         None => {
             let fmt = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false);
             let _ = tracing_subscriber::registry()
                 .with(fmt.with_filter(env_filter))
