@@ -199,6 +199,33 @@ impl Manager {
             .collect())
     }
 
+    /// Stored samples newer than `since_unix_ms` as JSON lines; `source` is one of
+    /// tegrastats, vmstat, proc, events. `limit` 0 means 1000.
+    async fn get_samples(
+        &self,
+        source: String,
+        since_unix_ms: i64,
+        limit: u32,
+    ) -> Result<String, Error> {
+        let limit = if limit == 0 { 1000 } else { limit.min(100_000) };
+        let src = source.clone();
+        match self
+            .reader
+            .with(move |c| store::samples_json(c, &src, since_unix_ms, limit))
+            .await?
+        {
+            Some(lines) => Ok(lines),
+            None => Err(Error::InvalidArgument(format!(
+                "unknown source `{source}`; expected tegrastats, vmstat, proc or events"
+            ))),
+        }
+    }
+
+    /// Everything `mpslabctl status` shows, as one JSON object.
+    fn get_status(&self) -> String {
+        serde_json::to_string(&*self.status.borrow()).unwrap_or_else(|_| "{}".into())
+    }
+
     /// Re-read the configuration files; an invalid configuration is refused and the running
     /// one kept.
     async fn reload_config(
