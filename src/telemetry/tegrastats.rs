@@ -947,8 +947,8 @@ mod tests {
         assert_eq!(v["gpu"], serde_json::Value::Null);
         let keys: Vec<_> = v["rails"].as_object().unwrap().keys().cloned().collect();
         // serde_json's map sorts keys unless preserve_order is on; check the string instead.
-        let s = serde_json::to_string(&parse_line(b"RAM 1/2MB ZED 3/4 ALPHA 5/6").unwrap())
-            .unwrap();
+        let s =
+            serde_json::to_string(&parse_line(b"RAM 1/2MB ZED 3/4 ALPHA 5/6").unwrap()).unwrap();
         assert!(s.find("ZED").unwrap() < s.find("ALPHA").unwrap(), "{s}");
         assert_eq!(keys.len(), 2);
     }
@@ -964,7 +964,10 @@ mod tests {
         assert_eq!(s.unknown.overflow(), 1000 - MAX_UNKNOWN);
         let v = serde_json::to_value(&s).unwrap();
         let list = v["unknown"].as_array().unwrap();
-        assert_eq!(list.last().unwrap(), &format!("... {} more", 1000 - MAX_UNKNOWN));
+        assert_eq!(
+            list.last().unwrap(),
+            &format!("... {} more", 1000 - MAX_UNKNOWN)
+        );
     }
 
     #[test]
