@@ -348,3 +348,27 @@ async fn full_channel_drops_readings_instead_of_blocking() {
     cancel.cancel();
     timeout(LONG, handle.join).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_readings_receiver_stops_the_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let path = wrapper(
+        dir.path(),
+        &[
+            ("FAKE_TEGRASTATS_PIDFILE", pidfile.display().to_string()),
+            // Silent child: the sampler must notice the closed channel without a line to send.
+            ("FAKE_TEGRASTATS_HANG_AFTER", "1".into()),
+        ],
+    );
+    let mut run = start(config(&path));
+    next_reading(&mut run).await;
+    let pid = read_pid(&pidfile).await;
+    drop(run.readings);
+    timeout(LONG, run.handle.join)
+        .await
+        .expect("sampler kept running without a reader")
+        .unwrap();
+    assert_eq!(*run.handle.state.borrow(), SamplerState::Stopped);
+    assert!(!proc_exists(pid), "child {pid} left behind");
+}

@@ -205,6 +205,7 @@ pub fn spawn(
         counters: counters.clone(),
         last_line: None,
         started_at: Instant::now(),
+        spawned_before: false,
     };
     TegraSamplerHandle {
         join: tokio::spawn(sampler.run()),
@@ -224,6 +225,8 @@ struct Sampler {
     /// When the last line of any child arrived (for the restart gap).
     last_line: Option<Instant>,
     started_at: Instant,
+    /// A child was spawned before: the next first line is a restart.
+    spawned_before: bool,
 }
 
 /// How one child's run ended.
@@ -241,7 +244,6 @@ enum RunEnd {
 impl Sampler {
     async fn run(mut self) {
         let mut backoff: Option<Duration> = None;
-        let mut restarting = false;
         // Reported once per distinct reason, not on every re-check.
         let mut unavailable_reason: Option<String> = None;
         loop {
@@ -249,13 +251,12 @@ impl Sampler {
             let started = Instant::now();
             let (end, lines) = match check_executable(&cfg.path).await {
                 Err(message) => (RunEnd::Unavailable(message), 0),
-                Ok(()) => self.run_child(&cfg, restarting).await,
+                Ok(()) => self.run_child(&cfg).await,
             };
             match end {
                 RunEnd::Cancelled | RunEnd::ReaderGone => break,
                 RunEnd::Reconfigured => {
                     backoff = None;
-                    restarting = true;
                     continue;
                 }
                 RunEnd::Unavailable(message) => {
@@ -266,7 +267,6 @@ impl Sampler {
                         self.event(SamplerEventKind::Unavailable, message, None);
                     }
                     backoff = None;
-                    restarting = true;
                     if !self.wait(cfg.timing.unavailable_recheck).await {
                         break;
                     }
@@ -283,7 +283,6 @@ impl Sampler {
             }
             let delay = backoff.unwrap_or(t.backoff_initial).min(t.backoff_max);
             backoff = Some(delay.saturating_mul(2).min(t.backoff_max));
-            restarting = true;
             self.set_state(SamplerState::Restarting);
             if !self.wait(delay).await {
                 break;
@@ -297,16 +296,17 @@ impl Sampler {
         );
     }
 
-    /// Sleeps `d`, cut short by a reconfigure. False when cancelled.
+    /// Sleeps `d`, cut short by a reconfigure. False when cancelled or nobody reads any more.
     async fn wait(&mut self, d: Duration) -> bool {
         tokio::select! {
             _ = self.cancel.cancelled() => false,
+            _ = self.readings_tx.closed() => false,
             _ = tokio::time::sleep(d) => true,
             _ = config_changed(&mut self.config_rx) => true,
         }
     }
 
-    async fn run_child(&mut self, cfg: &TegraSamplerConfig, restarting: bool) -> (RunEnd, u64) {
+    async fn run_child(&mut self, cfg: &TegraSamplerConfig) -> (RunEnd, u64) {
         let path = cfg.path.display().to_string();
         let mut child = match command(cfg).spawn() {
             Ok(child) => child,
@@ -323,6 +323,7 @@ impl Sampler {
             }
         };
         let pid = child.id().unwrap_or(0);
+        let restarting = std::mem::replace(&mut self.spawned_before, true);
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(log_stderr(stderr, path.clone()));
         }
@@ -359,6 +360,10 @@ impl Sampler {
                 _ = config_changed(&mut self.config_rx) => {
                     kill_and_reap(&mut child).await;
                     return (RunEnd::Reconfigured, lines);
+                }
+                _ = self.readings_tx.closed() => {
+                    kill_and_reap(&mut child).await;
+                    return (RunEnd::ReaderGone, lines);
                 }
                 r = tokio::time::timeout(deadline, reader.next_line()) => r,
             };
