@@ -2,4 +2,5 @@
 
 pub mod procstat;
 pub mod tegrastats;
+pub mod tegrastats_sampler;
 pub mod vmstat;
