@@ -1,6 +1,7 @@
 //! Board telemetry: tegrastats, vmstat-equivalent counters and per-process stats.
 
 pub mod procstat;
+pub mod summary;
 pub mod tegrastats;
 pub mod tegrastats_sampler;
 pub mod vmstat;
