@@ -726,9 +726,11 @@ fn run(args: &WorkerArgs, out: &mut ProtocolOut) -> Result<(), WorkerError> {
         warmup: args.warmup,
     })?;
 
-    IN_LOOP.store(true, Ordering::SeqCst);
     if let Some(rx) = go_rx {
-        match rx.recv() {
+        let go = rx.recv();
+        // From here on SIGTERM stops the loop instead of exiting: records must be flushed.
+        IN_LOOP.store(true, Ordering::SeqCst);
+        match go {
             Ok(Some(deadline)) => wait_until(deadline),
             Ok(None) => {}
             Err(_) => {
@@ -738,6 +740,7 @@ fn run(args: &WorkerArgs, out: &mut ProtocolOut) -> Result<(), WorkerError> {
             }
         }
     }
+    IN_LOOP.store(true, Ordering::SeqCst);
     let iterations = measured_loop(args, &mut session, &inputs, out)?;
     IN_LOOP.store(false, Ordering::SeqCst);
     let reason = stop_reason(STOP.load(Ordering::SeqCst)).unwrap_or(StopReason::Iterations);
