@@ -499,13 +499,9 @@ impl Phase {
                         slot.done = true;
                         slot.out.stop_reason = Some(reason);
                     }
-                    WorkerMsg::Error { message } => {
-                        slot.out.error = Some(message.clone());
-                        return Some(Failure::Worker {
-                            index: i,
-                            cause: message,
-                        });
-                    }
+                    // Not a failure yet: the worker exits right after, and its own exit status
+                    // belongs in the report. The failure comes with its exit, named by this message.
+                    WorkerMsg::Error { message } => slot.out.error = Some(message),
                 }
                 None
             }
