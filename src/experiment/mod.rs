@@ -2,7 +2,9 @@
 
 pub mod analysis;
 pub mod orchestrator;
+pub mod phase;
 pub mod plan;
 pub mod protocol;
 pub mod report;
 pub mod schedule;
+pub mod worker;
