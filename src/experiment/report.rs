@@ -385,8 +385,10 @@ pub fn document(a: &Analysis) -> Vec<Block> {
     doc
 }
 
+/// First 12 characters of a digest, after any `algorithm:` prefix.
 fn short(digest: &str) -> String {
-    digest.chars().take(12).collect()
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.chars().take(12).collect()
 }
 
 fn join_u32(xs: &[u32]) -> String {

@@ -185,40 +185,42 @@ pub fn distribution(a: &Analysis, run: &RunData, model: &str) -> Result<String, 
         .map(|b| b.2.p99)
         .fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.01).max(1e-3);
-    let names: Vec<String> = boxes.iter().map(|b| b.0.clone()).collect();
+    // Conditions run down the y axis (first at the top) so their long labels stay readable.
+    let k = boxes.len();
+    let names: Vec<String> = boxes.iter().rev().map(|b| b.0.clone()).collect();
     let title = distribution_title(model);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (580, 380)).into_drawing_area();
+        let height = 120 + 46 * k as u32;
+        let root = SVGBackend::with_string(&mut svg, (580, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(&title, ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5f64..(boxes.len() as f64 - 0.5), (lo - pad)..(hi + pad))
+            .x_label_area_size(50)
+            .y_label_area_size(190)
+            .build_cartesian_2d((lo - pad)..(hi + pad), -0.5f64..(k as f64 - 0.5))
             .map_err(err)?;
         chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(boxes.len())
-            .x_label_formatter(&|x| name_at(&names, *x))
-            .x_label_style(("sans-serif", 11))
-            .x_desc("box p25-p75, line median, whiskers p1-p99, dot mean")
-            .y_desc("latency (ms)")
+            .disable_y_mesh()
+            .y_labels(k)
+            .y_label_formatter(&|y| name_at(&names, *y))
+            .y_label_style(("sans-serif", 12))
+            .x_desc("latency (ms); box p25-p75, line median, whiskers p1-p99, dot mean")
             .draw()
             .map_err(err)?;
         for (i, (_, color, b)) in boxes.iter().enumerate() {
-            let x = i as f64;
-            let half = 0.28;
+            let y = (k - 1 - i) as f64;
+            let half = 0.3;
             chart
                 .draw_series([
                     Rectangle::new(
-                        [(x - half, b.p25), (x + half, b.p75)],
+                        [(b.p25, y - half), (b.p75, y + half)],
                         color.mix(0.35).filled(),
                     ),
                     Rectangle::new(
-                        [(x - half, b.p25), (x + half, b.p75)],
+                        [(b.p25, y - half), (b.p75, y + half)],
                         color.stroke_width(2),
                     ),
                 ])
@@ -226,23 +228,23 @@ pub fn distribution(a: &Analysis, run: &RunData, model: &str) -> Result<String, 
             chart
                 .draw_series([
                     PathElement::new(
-                        vec![(x - half, b.p50), (x + half, b.p50)],
+                        vec![(b.p50, y - half), (b.p50, y + half)],
                         BLACK.stroke_width(2),
                     ),
-                    PathElement::new(vec![(x, b.p75), (x, b.p99)], color.stroke_width(1)),
-                    PathElement::new(vec![(x, b.p25), (x, b.p1)], color.stroke_width(1)),
+                    PathElement::new(vec![(b.p75, y), (b.p99, y)], color.stroke_width(1)),
+                    PathElement::new(vec![(b.p25, y), (b.p1, y)], color.stroke_width(1)),
                     PathElement::new(
-                        vec![(x - half / 2.0, b.p99), (x + half / 2.0, b.p99)],
+                        vec![(b.p99, y - half / 2.0), (b.p99, y + half / 2.0)],
                         color.stroke_width(1),
                     ),
                     PathElement::new(
-                        vec![(x - half / 2.0, b.p1), (x + half / 2.0, b.p1)],
+                        vec![(b.p1, y - half / 2.0), (b.p1, y + half / 2.0)],
                         color.stroke_width(1),
                     ),
                 ])
                 .map_err(err)?;
             chart
-                .draw_series(std::iter::once(Circle::new((x, b.mean), 3, BLACK.filled())))
+                .draw_series(std::iter::once(Circle::new((b.mean, y), 3, BLACK.filled())))
                 .map_err(err)?;
         }
         root.present().map_err(err)?;
@@ -274,15 +276,32 @@ pub fn timeline(a: &Analysis, run: &RunData) -> Result<String, String> {
         .unwrap_or(t0);
     let secs = |ms: i64| (ms - t0) as f64 / 1000.0;
     let tmax = secs(t_end).max(1.0);
-    let gr3d: Vec<(f64, f64)> = points
+    // One line per phase: a gap between phases (no sampling) must not be drawn as data.
+    let per_phase = |f: &dyn Fn(&crate::experiment::analysis::TimelinePoint) -> Option<f64>| {
+        run.phases
+            .iter()
+            .map(|p| {
+                let mut pts: Vec<(f64, f64)> = p
+                    .timeline
+                    .iter()
+                    .filter_map(|t| f(t).map(|v| (secs(t.wall_ms), v)))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                pts
+            })
+            .filter(|pts| !pts.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let gr3d = per_phase(&|t| t.gr3d_pct);
+    let power = per_phase(&|t| t.power_mw.map(|w| w / 1000.0));
+    // Headroom above the data for the legend.
+    let pmax = power
         .iter()
-        .filter_map(|p| p.gr3d_pct.map(|g| (secs(p.wall_ms), g)))
-        .collect();
-    let power: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|p| p.power_mw.map(|w| (secs(p.wall_ms), w / 1000.0)))
-        .collect();
-    let pmax = power.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.2;
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(0.1)
+        * 1.6;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1180, 400)).into_drawing_area();
@@ -293,13 +312,20 @@ pub fn timeline(a: &Analysis, run: &RunData) -> Result<String, String> {
             .x_label_area_size(40)
             .y_label_area_size(60)
             .right_y_label_area_size(60)
-            .build_cartesian_2d(0f64..tmax, 0f64..105f64)
+            .build_cartesian_2d(0f64..tmax, 0f64..160f64)
             .map_err(err)?
             .set_secondary_coord(0f64..tmax, 0f64..pmax);
         chart
             .configure_mesh()
             .x_desc("time since the first phase started (s)")
             .y_desc("GR3D load (%)")
+            .y_label_formatter(&|v| {
+                if *v <= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .draw()
             .map_err(err)?;
         chart
@@ -312,14 +338,14 @@ pub fn timeline(a: &Analysis, run: &RunData) -> Result<String, String> {
             let (s, e) = (secs(p.start_unix_ms), secs(p.end_unix_ms));
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(s, 0.0), (e, 105.0)],
+                    [(s, 0.0), (e, 160.0)],
                     color.mix(0.16).filled(),
                 )))
                 .map_err(err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("#{}", p.index),
-                    (s + tmax * 0.003, 103.0),
+                    (s + tmax * 0.003, 158.0),
                     ("sans-serif", 11),
                 )))
                 .map_err(err)?;
@@ -334,17 +360,25 @@ pub fn timeline(a: &Analysis, run: &RunData) -> Result<String, String> {
                     Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.3).filled())
                 });
         }
-        chart
-            .draw_series(LineSeries::new(gr3d, RED.stroke_width(2)))
-            .map_err(err)?
-            .label("GR3D load (%)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], RED.stroke_width(2)));
-        if !power.is_empty() {
-            chart
-                .draw_secondary_series(LineSeries::new(power, BLUE.stroke_width(2)))
-                .map_err(err)?
-                .label("power (W)")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLUE.stroke_width(2)));
+        for (i, line) in gr3d.into_iter().enumerate() {
+            let anno = chart
+                .draw_series(LineSeries::new(line, RED.stroke_width(2)))
+                .map_err(err)?;
+            if i == 0 {
+                anno.label("GR3D load (%)").legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], RED.stroke_width(2))
+                });
+            }
+        }
+        for (i, line) in power.into_iter().enumerate() {
+            let anno = chart
+                .draw_secondary_series(LineSeries::new(line, BLUE.stroke_width(2)))
+                .map_err(err)?;
+            if i == 0 {
+                anno.label("power (W)").legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], BLUE.stroke_width(2))
+                });
+            }
         }
         chart
             .configure_series_labels()
