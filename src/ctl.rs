@@ -615,43 +615,100 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// `parse-tegrastats`: one JSON object per input line; a line that is not tegrastats gives
+/// `{"error": ..., "raw": ...}` and the stream goes on.
 fn parse_tegrastats_stdin() -> Result<i32, CtlError> {
-    Err(CtlError::new(
-        exit::FAILED,
-        "parse-tegrastats is not available in this build",
-    ))
+    use std::io::{BufRead, BufWriter};
+    use crate::telemetry::tegrastats;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded: a line longer than 1 MiB is cut there (tegrastats lines are ~300 bytes).
+        let n = std::io::Read::take(&mut input, 1 << 20).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let value = match tegrastats::parse_line(raw) {
+            Ok(sample) => serde_json::to_value(&sample).unwrap_or(serde_json::Value::Null),
+            Err(e) => tegrastats::error_json(raw, &e),
+        };
+        serde_json::to_writer(&mut out, &value).map_err(|e| CtlError::new(exit::FAILED, e.to_string()))?;
+        out.write_all(b"\n")?;
+        if line.last() != Some(&b'\n') && n == 1 << 20 {
+            // Skip the rest of an over-long line.
+            let mut sink = Vec::new();
+            input.read_until(b'\n', &mut sink)?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
 }
 
-fn offline_report(_db: &std::path::Path, _run: u64, _f: ReportFormat) -> Result<String, CtlError> {
-    Err(CtlError::new(
-        exit::FAILED,
-        "offline reports are not available in this build",
-    ))
+fn open_db(db: &std::path::Path) -> Result<rusqlite::Connection, CtlError> {
+    if !db.exists() {
+        return Err(CtlError::new(exit::FAILED, format!("{}: no such database", db.display())));
+    }
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| CtlError::new(exit::FAILED, format!("{}: {e}", db.display())))
+}
+
+fn load_run(db: &std::path::Path, run: u64) -> Result<crate::experiment::analysis::RunData, CtlError> {
+    let conn = open_db(db)?;
+    crate::experiment::rundata::load(&conn, run as i64).map_err(|e| match e {
+        crate::store::StoreError::RunNotFound(id) => {
+            CtlError::new(exit::FAILED, format!("run {id} is not in {}", db.display()))
+        }
+        other => CtlError::new(exit::FAILED, format!("{}: {other}", db.display())),
+    })
+}
+
+fn offline_report(db: &std::path::Path, run: u64, f: ReportFormat) -> Result<String, CtlError> {
+    let data = load_run(db, run)?;
+    Ok(crate::experiment::rundata::render_report(&data, f.as_str()))
 }
 
 fn offline_compare(
-    _a: &std::path::Path,
-    _ra: u64,
-    _b: &std::path::Path,
-    _rb: u64,
-    _f: ReportFormat,
+    a: &std::path::Path,
+    ra: u64,
+    b: &std::path::Path,
+    rb: u64,
+    f: ReportFormat,
 ) -> Result<String, CtlError> {
-    Err(CtlError::new(
-        exit::FAILED,
-        "compare is not available in this build",
-    ))
+    let (da, db) = (load_run(a, ra)?, load_run(b, rb)?);
+    Ok(render_comparison(&da, &db, f))
 }
 
-fn run_data_json(_db: &std::path::Path, _run: u64) -> Result<String, CtlError> {
-    Err(CtlError::new(
-        exit::FAILED,
-        "offline run data is not available in this build",
-    ))
+fn render_comparison(
+    a: &crate::experiment::analysis::RunData,
+    b: &crate::experiment::analysis::RunData,
+    f: ReportFormat,
+) -> String {
+    use crate::experiment::{analysis, report};
+    let c = analysis::compare(a, b);
+    match f {
+        ReportFormat::Json => report::render_compare_json(&c),
+        _ => report::render_compare_markdown(&c),
+    }
 }
 
-fn compare_json(_a: &str, _b: &str, _f: ReportFormat) -> Result<String, CtlError> {
-    Err(CtlError::new(
-        exit::FAILED,
-        "compare is not available in this build",
-    ))
+fn run_data_json(db: &std::path::Path, run: u64) -> Result<String, CtlError> {
+    let data = load_run(db, run)?;
+    serde_json::to_string(&data).map_err(|e| CtlError::new(exit::FAILED, e.to_string()))
+}
+
+fn compare_json(a: &str, b: &str, f: ReportFormat) -> Result<String, CtlError> {
+    let parse = |s: &str| {
+        serde_json::from_str::<crate::experiment::analysis::RunData>(s)
+            .map_err(|e| CtlError::new(exit::FAILED, format!("malformed run data from the daemon: {e}")))
+    };
+    Ok(render_comparison(&parse(a)?, &parse(b)?, f))
 }

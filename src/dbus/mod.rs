@@ -15,6 +15,7 @@ use zbus::{fdo, interface, Connection};
 use crate::config::Config;
 use crate::daemon::{Command, Status};
 use crate::error::LabError;
+use crate::experiment::{analysis, rundata};
 use crate::store::{self, Reader};
 
 pub const BUS_NAME: &str = "org.mpslab.Lab1";
@@ -226,6 +227,105 @@ impl Manager {
         serde_json::to_string(&*self.status.borrow()).unwrap_or_else(|_| "{}".into())
     }
 
+    /// Start the MPS control daemon with the configured defaults.
+    async fn start_mps(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &hdr, "StartMps").await?;
+        self.call(Command::StartMps).await
+    }
+
+    /// Stop the MPS control daemon (`quit`, then signals if it hangs).
+    async fn stop_mps(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &hdr, "StopMps").await?;
+        self.call(Command::StopMps).await
+    }
+
+    /// Validate and queue a configured experiment; returns the run id.
+    async fn run_experiment(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<u64, Error> {
+        self.authorize(conn, &hdr, "RunExperiment").await?;
+        let trigger = format!("dbus:{}", hdr.sender().map(|s| s.to_string()).unwrap_or_default());
+        self.call(|reply| Command::Run { name, trigger, reply }).await
+    }
+
+    /// Cancel a queued or running run.
+    async fn cancel_run(
+        &self,
+        id: u64,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &hdr, "CancelRun").await?;
+        self.call(|reply| Command::Cancel { id, reply }).await
+    }
+
+    /// A run's record, its phases and its analysis, as JSON.
+    async fn get_run_summary(&self, id: u64) -> Result<String, Error> {
+        self.reader
+            .with(move |c| {
+                let run = store::get_run(c, id as i64)?;
+                let data = rundata::load(c, id as i64)?;
+                let phases: Vec<serde_json::Value> = data
+                    .phases
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "index": p.index, "mode": p.mode, "mps": p.mps, "sampling": p.sampling,
+                            "repeat": p.repeat, "start_unix_ms": p.start_unix_ms, "end_unix_ms": p.end_unix_ms,
+                            "models": p.models.iter().map(|m| serde_json::json!({
+                                "model": m.model, "status": m.status, "error": m.error,
+                                "iterations": m.latencies_ns.len(), "output_digest": m.output_digest,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let analysis = analysis::analyze(&data);
+                Ok(serde_json::json!({
+                    "run": run,
+                    "phases": phases,
+                    "analysis": serde_json::to_value(&analysis).unwrap_or_default(),
+                })
+                .to_string())
+            })
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The stored run in the analysis input format (JSON), for `mpslabctl compare`.
+    async fn get_run_data(&self, id: u64) -> Result<String, Error> {
+        self.reader
+            .with(move |c| Ok(serde_json::to_string(&rundata::load(c, id as i64)?).unwrap_or_default()))
+            .await
+            .map_err(Error::from)
+    }
+
+    /// A run's report: `format` is md, json or html.
+    async fn get_report(&self, id: u64, format: String) -> Result<String, Error> {
+        if !matches!(format.as_str(), "md" | "json" | "html") {
+            return Err(Error::InvalidArgument(format!(
+                "unknown report format `{format}`; expected md, json or html"
+            )));
+        }
+        self.reader
+            .with(move |c| {
+                let data = rundata::load(c, id as i64)?;
+                Ok(rundata::render_report(&data, &format))
+            })
+            .await
+            .map_err(Error::from)
+    }
+
     /// Re-read the configuration files; an invalid configuration is refused and the running
     /// one kept.
     async fn reload_config(
@@ -236,6 +336,15 @@ impl Manager {
         self.authorize(conn, &hdr, "ReloadConfig").await?;
         self.call(Command::Reload).await
     }
+
+    #[zbus(signal)]
+    pub async fn run_started(emitter: &SignalEmitter<'_>, id: u64, experiment: &str) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn run_progress(emitter: &SignalEmitter<'_>, id: u64, phase: u32, phases: u32) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn run_finished(emitter: &SignalEmitter<'_>, id: u64, status: &str) -> zbus::Result<()>;
 
     #[zbus(signal, name = "MpsStateChanged")]
     pub async fn mps_state_changed_signal(

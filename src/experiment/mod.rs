@@ -6,5 +6,6 @@ pub mod phase;
 pub mod plan;
 pub mod protocol;
 pub mod report;
+pub mod rundata;
 pub mod schedule;
 pub mod worker;
