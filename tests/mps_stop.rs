@@ -97,6 +97,11 @@ async fn hung_call_times_out_and_leaves_no_ui_process() {
         started.elapsed()
     );
     assert!(err.to_string().contains("get_server_list"), "{err}");
+    assert_eq!(
+        mps.status().state,
+        MpsState::Failed,
+        "a hung daemon is a failure, not missing MPS"
+    );
     let ui_left = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

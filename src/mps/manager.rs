@@ -375,7 +375,7 @@ impl MpsManager {
         let mut warnings = Vec::new();
         match tokio::task::spawn_blocking(|| nix::sys::statvfs::statvfs("/dev/shm")).await {
             Ok(Ok(fs)) => {
-                let bytes = u64::from(fs.blocks()).saturating_mul(fs.fragment_size());
+                let bytes = fs.blocks().saturating_mul(fs.fragment_size());
                 if bytes < SHM_WARN_BYTES {
                     warnings.push(format!(
                         "/dev/shm has only {} MiB; MPS servers need shared memory",
@@ -516,8 +516,6 @@ impl MpsManager {
             self.shared.set(MpsState::Unavailable, err.to_string());
             return Err(err);
         }
-        self.shared
-            .set_if(None, MpsState::Stopped, "starting afresh".into());
         self.probe().await?;
         self.shared.set(
             MpsState::Starting,
@@ -597,7 +595,7 @@ impl MpsManager {
             let (uid, dirs) = (s.server_uid, [s.pipe_dir.clone(), s.log_dir.clone()]);
             tokio::task::spawn_blocking(move || {
                 dirs.iter()
-                    .try_for_each(|d| std::os::unix::fs::chown(d, Some(uid), None).map(|()| ()))
+                    .try_for_each(|d| std::os::unix::fs::chown(d, Some(uid), None))
             })
             .await
             .map_err(|e| MpsError::Io {
@@ -793,24 +791,30 @@ impl MpsManager {
         }
         let deadline = Instant::now() + self.settings.start_deadline;
         let mut previous: Option<u32> = None;
-        let mut last = String::new();
+        // The daemon failing to answer is our failure; the daemon answering "no server" is
+        // MPS being unusable on this machine (F4).
+        let mut call_error: Option<String> = None;
+        let mut odd_answer: Option<String> = None;
         loop {
             if let Some(exit) = self.daemon_exit() {
                 return Err(MpsError::StartFailed(exit.describe()));
             }
             if Instant::now() >= deadline {
+                let waited = self.settings.start_deadline;
+                if let Some(err) = call_error {
+                    return Err(MpsError::StartFailed(format!(
+                        "polling `get_server_list` for {waited:?} after `{cmd}` failed: {err}"
+                    )));
+                }
                 let exits = lock(&self.server_exits).clone();
-                let mut reason = format!(
-                    "no MPS server came up within {:?} after `{cmd}`",
-                    self.settings.start_deadline
-                );
+                let mut reason = format!("no MPS server came up within {waited:?} after `{cmd}`");
                 if let Some(line) = exits.last() {
                     reason.push_str(&format!(
                         "; control.log: {line} ({} server exits)",
                         exits.len()
                     ));
-                } else if !last.is_empty() {
-                    reason.push_str(&format!("; last answer: {last}"));
+                } else if let Some(answer) = odd_answer {
+                    reason.push_str(&format!("; get_server_list answered: {answer}"));
                 }
                 return Err(MpsError::Unavailable(reason));
             }
@@ -820,6 +824,7 @@ impl MpsManager {
                 .map(|r| parse_pid_list(&r))
             {
                 Ok(Ok(pids)) => {
+                    call_error = None;
                     let current = pids.first().copied();
                     if let (Some(pid), true) = (current, current == previous) {
                         if let Some(id) = identify(pid).await {
@@ -828,8 +833,11 @@ impl MpsManager {
                     }
                     previous = current;
                 }
-                Ok(Err(line)) => last = line,
-                Err(e) => last = e.to_string(),
+                Ok(Err(line)) => {
+                    call_error = None;
+                    odd_answer = Some(line);
+                }
+                Err(e) => call_error = Some(e.to_string()),
             }
             sleep(POLL * 2).await;
         }
