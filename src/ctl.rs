@@ -618,8 +618,8 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
 /// `parse-tegrastats`: one JSON object per input line; a line that is not tegrastats gives
 /// `{"error": ..., "raw": ...}` and the stream goes on.
 fn parse_tegrastats_stdin() -> Result<i32, CtlError> {
-    use std::io::{BufRead, BufWriter};
     use crate::telemetry::tegrastats;
+    use std::io::{BufRead, BufWriter};
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
@@ -641,7 +641,8 @@ fn parse_tegrastats_stdin() -> Result<i32, CtlError> {
             Ok(sample) => serde_json::to_value(&sample).unwrap_or(serde_json::Value::Null),
             Err(e) => tegrastats::error_json(raw, &e),
         };
-        serde_json::to_writer(&mut out, &value).map_err(|e| CtlError::new(exit::FAILED, e.to_string()))?;
+        serde_json::to_writer(&mut out, &value)
+            .map_err(|e| CtlError::new(exit::FAILED, e.to_string()))?;
         out.write_all(b"\n")?;
         if line.last() != Some(&b'\n') && n == 1 << 20 {
             // Skip the rest of an over-long line.
@@ -655,13 +656,19 @@ fn parse_tegrastats_stdin() -> Result<i32, CtlError> {
 
 fn open_db(db: &std::path::Path) -> Result<rusqlite::Connection, CtlError> {
     if !db.exists() {
-        return Err(CtlError::new(exit::FAILED, format!("{}: no such database", db.display())));
+        return Err(CtlError::new(
+            exit::FAILED,
+            format!("{}: no such database", db.display()),
+        ));
     }
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| CtlError::new(exit::FAILED, format!("{}: {e}", db.display())))
 }
 
-fn load_run(db: &std::path::Path, run: u64) -> Result<crate::experiment::analysis::RunData, CtlError> {
+fn load_run(
+    db: &std::path::Path,
+    run: u64,
+) -> Result<crate::experiment::analysis::RunData, CtlError> {
     let conn = open_db(db)?;
     crate::experiment::rundata::load(&conn, run as i64).map_err(|e| match e {
         crate::store::StoreError::RunNotFound(id) => {
@@ -707,8 +714,12 @@ fn run_data_json(db: &std::path::Path, run: u64) -> Result<String, CtlError> {
 
 fn compare_json(a: &str, b: &str, f: ReportFormat) -> Result<String, CtlError> {
     let parse = |s: &str| {
-        serde_json::from_str::<crate::experiment::analysis::RunData>(s)
-            .map_err(|e| CtlError::new(exit::FAILED, format!("malformed run data from the daemon: {e}")))
+        serde_json::from_str::<crate::experiment::analysis::RunData>(s).map_err(|e| {
+            CtlError::new(
+                exit::FAILED,
+                format!("malformed run data from the daemon: {e}"),
+            )
+        })
     };
     Ok(render_comparison(&parse(a)?, &parse(b)?, f))
 }

@@ -192,12 +192,21 @@ fn mps_error(e: MpsError) -> LabError {
 /// Check a run request against the current configuration before it is queued: the experiment
 /// exists, every model file exists and loads in a worker, the runtime library is there, and
 /// MPS is usable when the plan needs it. Runs off the state-owning loop.
-async fn validate(cfg: Arc<Config>, name: String, mps: Arc<Mutex<MpsManager>>, worker: PathBuf) -> Result<(ExperimentConfig, Plan), LabError> {
+async fn validate(
+    cfg: Arc<Config>,
+    name: String,
+    mps: Arc<Mutex<MpsManager>>,
+    worker: PathBuf,
+) -> Result<(ExperimentConfig, Plan), LabError> {
     let exp = cfg.experiment(&name).cloned().ok_or_else(|| {
         let known: Vec<&str> = cfg.experiments.iter().map(|e| e.name.as_str()).collect();
         LabError::NotFound(format!(
             "no experiment named `{name}`; configured: {}",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         ))
     })?;
     let p = plan::plan(&exp);
@@ -208,7 +217,10 @@ async fn validate(cfg: Arc<Config>, name: String, mps: Arc<Mutex<MpsManager>>, w
         )));
     }
     if !worker.exists() {
-        return Err(LabError::Failed(format!("worker binary {} does not exist", worker.display())));
+        return Err(LabError::Failed(format!(
+            "worker binary {} does not exist",
+            worker.display()
+        )));
     }
     for m in &exp.models {
         let model = cfg
@@ -236,21 +248,45 @@ async fn validate(cfg: Arc<Config>, name: String, mps: Arc<Mutex<MpsManager>>, w
         let Some(model) = cfg.model(m) else { continue };
         let mut cmd = tokio::process::Command::new(&worker);
         cmd.args(orchestrator::worker_args(&cfg, model))
-            .args(["--iterations", "1", "--warmup", "0", "--digest-inputs", "0", "--autostart"])
+            .args([
+                "--iterations",
+                "1",
+                "--warmup",
+                "0",
+                "--digest-inputs",
+                "0",
+                "--autostart",
+            ])
             .env_clear()
-            .envs(crate::mps::worker_env(std::env::vars_os(), &crate::mps::MpsClientMode::Off))
+            .envs(crate::mps::worker_env(
+                std::env::vars_os(),
+                &crate::mps::MpsClientMode::Off,
+            ))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let out = match tokio::time::timeout(Duration::from_secs(300), cmd.output()).await {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(LabError::Failed(format!("model `{m}`: cannot start the worker: {e}"))),
-            Err(_) => return Err(LabError::InvalidArgument(format!("model `{m}` did not load within 300 s"))),
+            Ok(Err(e)) => {
+                return Err(LabError::Failed(format!(
+                    "model `{m}`: cannot start the worker: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(LabError::InvalidArgument(format!(
+                    "model `{m}` did not load within 300 s"
+                )))
+            }
         };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("worker failed").trim();
+            let why = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("worker failed")
+                .trim();
             return Err(LabError::InvalidArgument(format!(
                 "model `{m}` ({}) cannot run: {why}",
                 model.path.display()
@@ -352,9 +388,14 @@ impl State {
                     let _ = reply.send(r);
                 });
             }
-            Command::Run { name, trigger, reply } => {
+            Command::Run {
+                name,
+                trigger,
+                reply,
+            } => {
                 let cfg = self.config.borrow().clone();
-                let (mps, worker, internal) = (self.mps.clone(), worker_path(&cfg), self.internal.clone());
+                let (mps, worker, internal) =
+                    (self.mps.clone(), worker_path(&cfg), self.internal.clone());
                 if self.active.is_some() && trigger == "schedule" {
                     let waiting = self
                         .queue
@@ -363,7 +404,9 @@ impl State {
                         .chain(self.active.as_ref().map(|a| a.experiment.as_str()));
                     if !schedule::should_enqueue(&name, waiting) {
                         tracing::info!(experiment = %name, "schedule fired while the experiment is queued or running; not queued again");
-                        let _ = reply.send(Err(LabError::Busy(format!("`{name}` is already queued or running"))));
+                        let _ = reply.send(Err(LabError::Busy(format!(
+                            "`{name}` is already queued or running"
+                        ))));
                         return;
                     }
                 }
@@ -371,7 +414,12 @@ impl State {
                     match validate(cfg, name, mps, worker).await {
                         Ok((experiment, plan)) => {
                             let _ = internal
-                                .send(Internal::Validated { experiment, plan, trigger, reply })
+                                .send(Internal::Validated {
+                                    experiment,
+                                    plan,
+                                    trigger,
+                                    reply,
+                                })
                                 .await;
                         }
                         Err(e) => {
@@ -401,7 +449,9 @@ impl State {
                     self.publish_queue();
                     Ok(())
                 } else {
-                    Err(LabError::NotFound(format!("run {id} is neither queued nor running")))
+                    Err(LabError::NotFound(format!(
+                        "run {id} is neither queued nor running"
+                    )))
                 };
                 let _ = reply.send(r);
             }
@@ -410,18 +460,32 @@ impl State {
 
     async fn internal(&mut self, msg: Internal) {
         match msg {
-            Internal::Validated { experiment, plan, trigger, reply } => {
+            Internal::Validated {
+                experiment,
+                plan,
+                trigger,
+                reply,
+            } => {
                 let plan_json = serde_json::to_string(&plan).unwrap_or_else(|_| "{}".into());
-                match self.writer.create_run(&experiment.name, &trigger, plan_json).await {
+                match self
+                    .writer
+                    .create_run(&experiment.name, &trigger, plan_json)
+                    .await
+                {
                     Ok(id) => {
                         tracing::info!(run_id = id, experiment = %experiment.name, phases = plan.phases.len(), %trigger, "run queued");
-                        self.queue.push_back(Queued { id, experiment, plan });
+                        self.queue.push_back(Queued {
+                            id,
+                            experiment,
+                            plan,
+                        });
                         let _ = reply.send(Ok(id as u64));
                         self.publish_queue();
                         self.start_next().await;
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(LabError::Failed(format!("cannot record the run: {e}"))));
+                        let _ = reply
+                            .send(Err(LabError::Failed(format!("cannot record the run: {e}"))));
                     }
                 }
             }
@@ -438,7 +502,15 @@ impl State {
                 let mut ev = EventRow::new(
                     "experiment",
                     "run_finished",
-                    format!("run {id} {}{}", outcome.status, outcome.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()),
+                    format!(
+                        "run {id} {}{}",
+                        outcome.status,
+                        outcome
+                            .error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ),
                 );
                 ev.run_id = Some(id);
                 self.writer.event(ev).await;
@@ -455,7 +527,9 @@ impl State {
         if self.active.is_some() || self.cancel.is_cancelled() {
             return;
         }
-        let Some(q) = self.queue.pop_front() else { return };
+        let Some(q) = self.queue.pop_front() else {
+            return;
+        };
         let cancel = self.cancel.child_token();
         self.active = Some(Active {
             id: q.id,
@@ -471,8 +545,15 @@ impl State {
                 error: None,
             })
             .await;
-        if let Ok(iface) = self.bus.object_server().interface::<_, dbus::Manager>(dbus::OBJECT_PATH).await {
-            let _ = dbus::Manager::run_started(iface.signal_emitter(), q.id as u64, &q.experiment.name).await;
+        if let Ok(iface) = self
+            .bus
+            .object_server()
+            .interface::<_, dbus::Manager>(dbus::OBJECT_PATH)
+            .await
+        {
+            let _ =
+                dbus::Manager::run_started(iface.signal_emitter(), q.id as u64, &q.experiment.name)
+                    .await;
         }
         let runner = self.runner.clone();
         let cfg = self.config.borrow().clone();
@@ -489,7 +570,12 @@ impl State {
     }
 
     async fn emit_finished(&self, id: i64, status: &str) {
-        if let Ok(iface) = self.bus.object_server().interface::<_, dbus::Manager>(dbus::OBJECT_PATH).await {
+        if let Ok(iface) = self
+            .bus
+            .object_server()
+            .interface::<_, dbus::Manager>(dbus::OBJECT_PATH)
+            .await
+        {
             let _ = dbus::Manager::run_finished(iface.signal_emitter(), id as u64, status).await;
         }
     }
@@ -555,7 +641,12 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     let mut mps_status = mps_manager.subscribe();
     let mps = Arc::new(Mutex::new(mps_manager));
 
-    let hub = telemetry::hub::spawn(config.telemetry.clone(), writer.clone(), &tracker, cancel.clone());
+    let hub = telemetry::hub::spawn(
+        config.telemetry.clone(),
+        writer.clone(),
+        &tracker,
+        cancel.clone(),
+    );
     let (progress_tx, mut progress_rx) = watch::channel(None);
     let (signals_tx, mut signals_rx) = mpsc::unbounded_channel();
     let runner = Arc::new(Runner {
@@ -590,7 +681,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         .build()
         .await?;
 
-    tracker.spawn(publish_changes(bus.clone(), status_rx.clone(), cancel.clone()));
+    tracker.spawn(publish_changes(
+        bus.clone(),
+        status_rx.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(schedules(config_rx.clone(), cmd_tx.clone(), cancel.clone()));
     tracker.spawn(retention(config_rx.clone(), writer.clone(), cancel.clone()));
 
@@ -598,7 +693,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         .event(EventRow::new(
             "daemon",
             "started",
-            format!("mpslabd {} started; database {}", crate::VERSION, db_path.display()),
+            format!(
+                "mpslabd {} started; database {}",
+                crate::VERSION,
+                db_path.display()
+            ),
         ))
         .await;
     if let Some(why) = &report.corruption {
@@ -678,8 +777,14 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
             // The loop pings the watchdog itself, so a wedged loop is noticed by systemd.
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
         }
-        let dropped = writer.stats.dropped_full.load(std::sync::atomic::Ordering::Relaxed)
-            + writer.stats.dropped_failed.load(std::sync::atomic::Ordering::Relaxed)
+        let dropped = writer
+            .stats
+            .dropped_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + writer
+                .stats
+                .dropped_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
             + state.hub.dropped.load(std::sync::atomic::Ordering::Relaxed);
         if dropped != state.status.borrow().dropped_samples {
             state.status.send_modify(|s| s.dropped_samples = dropped);
@@ -711,7 +816,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
             let _ = writer
                 .send(WriteOp::RunStatus {
                     run_id: id,
-                    status: if outcome.status == "cancelled" { "interrupted".into() } else { outcome.status },
+                    status: if outcome.status == "cancelled" {
+                        "interrupted".into()
+                    } else {
+                        outcome.status
+                    },
                     error: Some(outcome.error.unwrap_or_else(|| "the daemon stopped".into())),
                 })
                 .await;
@@ -738,15 +847,25 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     }
     {
         let mut m = mps.lock().await;
-        if matches!(m.status().state, MpsState::Running | MpsState::Starting | MpsState::Failed) {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(3), m.stop()).await.unwrap_or(Ok(())) {
+        if matches!(
+            m.status().state,
+            MpsState::Running | MpsState::Starting | MpsState::Failed
+        ) {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(3), m.stop())
+                .await
+                .unwrap_or(Ok(()))
+            {
                 tracing::warn!(error = %e, "stopping MPS at shutdown");
             }
         }
     }
     state
         .writer
-        .event(EventRow::new("daemon", "stopped", "mpslabd stopped cleanly"))
+        .event(EventRow::new(
+            "daemon",
+            "stopped",
+            "mpslabd stopped cleanly",
+        ))
         .await;
     if let Err(e) = writer.flush().await {
         tracing::warn!(error = %e, "final store flush failed");
@@ -762,7 +881,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
 }
 
 /// Fire each experiment's cron schedule (local time); restarts when the configuration changes.
-async fn schedules(mut config: watch::Receiver<Arc<Config>>, commands: mpsc::Sender<Command>, cancel: CancellationToken) {
+async fn schedules(
+    mut config: watch::Receiver<Arc<Config>>,
+    commands: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+) {
     loop {
         let cfg = config.borrow_and_update().clone();
         let parsed: Vec<(String, schedule::Schedule)> = cfg
@@ -770,7 +893,9 @@ async fn schedules(mut config: watch::Receiver<Arc<Config>>, commands: mpsc::Sen
             .iter()
             .filter_map(|e| {
                 let s = e.schedule.as_deref()?;
-                schedule::Schedule::parse(s).ok().map(|p| (e.name.clone(), p))
+                schedule::Schedule::parse(s)
+                    .ok()
+                    .map(|p| (e.name.clone(), p))
             })
             .collect();
         let now = chrono::Local::now();
@@ -791,7 +916,11 @@ async fn schedules(mut config: watch::Receiver<Arc<Config>>, commands: mpsc::Sen
             tracing::info!(experiment = %name, "schedule fired");
             let (tx, rx) = oneshot::channel();
             if commands
-                .send(Command::Run { name: name.clone(), trigger: "schedule".into(), reply: tx })
+                .send(Command::Run {
+                    name: name.clone(),
+                    trigger: "schedule".into(),
+                    reply: tx,
+                })
                 .await
                 .is_err()
             {
@@ -807,7 +936,11 @@ async fn schedules(mut config: watch::Receiver<Arc<Config>>, commands: mpsc::Sen
 }
 
 /// Apply retention hourly: samples older than `retention_days`, and the size cap.
-async fn retention(config: watch::Receiver<Arc<Config>>, writer: WriterHandle, cancel: CancellationToken) {
+async fn retention(
+    config: watch::Receiver<Arc<Config>>,
+    writer: WriterHandle,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {

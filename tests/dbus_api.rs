@@ -26,7 +26,11 @@ fn policy_dir(permissive: bool) -> tempfile::TempDir {
         );
     }
     std::fs::write(dir.path().join("org.mpslab.Lab1.conf"), text).unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     dir
 }
 
@@ -55,24 +59,42 @@ fn busctl_as(bus: &Bus, who: Option<&[&str]>, args: &[&str]) -> Output {
         }
         None => Command::new("busctl"),
     };
-    cmd.arg(format!("--address={}", bus.address)).args(args).output().unwrap()
+    cmd.arg(format!("--address={}", bus.address))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 const AS_NOBODY: &[&str] = &["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"];
 const AS_NOBODY_IN_GROUP: &[&str] = &["--reuid", NOBODY, "--regid", NOBODY, "--groups", GID];
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
-const PROPERTIES: &[&str] = &["Version", "MpsState", "MpsReason", "ActiveRun", "QueueLength", "Samplers"];
+const PROPERTIES: &[&str] = &[
+    "Version",
+    "MpsState",
+    "MpsReason",
+    "ActiveRun",
+    "QueueLength",
+    "Samplers",
+];
 
 #[test]
 fn everyone_reads_only_root_and_group_change() {
     let (bus, _cfg, _d, _pol) = start(false);
     for who in [None, Some(AS_NOBODY)] {
         for p in PROPERTIES {
-            let o = busctl_as(&bus, who, &["get-property", BUS_NAME, OBJECT_PATH, INTERFACE, p]);
+            let o = busctl_as(
+                &bus,
+                who,
+                &["get-property", BUS_NAME, OBJECT_PATH, INTERFACE, p],
+            );
             assert!(o.status.success(), "{who:?} get {p}: {}", text(&o));
         }
         for (m, sig, args) in [
@@ -113,19 +135,40 @@ fn everyone_reads_only_root_and_group_change() {
 #[test]
 fn the_daemon_refuses_what_a_broken_policy_lets_through() {
     let (bus, _cfg, _d, _pol) = start(true);
-    let o = busctl_as(&bus, Some(AS_NOBODY), &["call", BUS_NAME, OBJECT_PATH, INTERFACE, "StopMps"]);
+    let o = busctl_as(
+        &bus,
+        Some(AS_NOBODY),
+        &["call", BUS_NAME, OBJECT_PATH, INTERFACE, "StopMps"],
+    );
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("needs root or membership in group `video`"), "{t}");
+    assert!(
+        t.contains("needs root or membership in group `video`"),
+        "{t}"
+    );
     // gdbus shows the typed error name.
     let o = Command::new("setpriv")
         .args(AS_NOBODY)
-        .args(["gdbus", "call", "--address", &bus.address, "--dest", BUS_NAME, "--object-path", OBJECT_PATH, "--method"])
+        .args([
+            "gdbus",
+            "call",
+            "--address",
+            &bus.address,
+            "--dest",
+            BUS_NAME,
+            "--object-path",
+            OBJECT_PATH,
+            "--method",
+        ])
         .arg(format!("{INTERFACE}.RunExperiment"))
         .arg("x")
         .output()
         .unwrap();
-    assert!(text(&o).contains("org.mpslab.Lab1.Error.AccessDenied"), "{}", text(&o));
+    assert!(
+        text(&o).contains("org.mpslab.Lab1.Error.AccessDenied"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -133,7 +176,16 @@ fn typed_errors_reach_gdbus() {
     let (bus, _cfg, _d, _pol) = start(false);
     let gdbus = |method: &str, args: &[&str]| {
         let o = Command::new("gdbus")
-            .args(["call", "--address", &bus.address, "--dest", BUS_NAME, "--object-path", OBJECT_PATH, "--method"])
+            .args([
+                "call",
+                "--address",
+                &bus.address,
+                "--dest",
+                BUS_NAME,
+                "--object-path",
+                OBJECT_PATH,
+                "--method",
+            ])
             .arg(format!("{INTERFACE}.{method}"))
             .args(args)
             .output()
@@ -143,16 +195,28 @@ fn typed_errors_reach_gdbus() {
     assert!(gdbus("RunExperiment", &["nope"]).contains("org.mpslab.Lab1.Error.NotFound"));
     assert!(gdbus("CancelRun", &["42"]).contains("org.mpslab.Lab1.Error.NotFound"));
     assert!(gdbus("GetReport", &["1", "pdf"]).contains("org.mpslab.Lab1.Error.InvalidArgument"));
-    assert!(gdbus("GetSamples", &["nonsense", "0", "1"]).contains("org.mpslab.Lab1.Error.InvalidArgument"));
+    assert!(gdbus("GetSamples", &["nonsense", "0", "1"])
+        .contains("org.mpslab.Lab1.Error.InvalidArgument"));
     // MPS control points at nothing in the test configuration.
     assert!(gdbus("StartMps", &[]).contains("org.mpslab.Lab1.Error.MpsUnavailable"));
     let intro = gdbus_introspect(&bus);
-    assert!(intro.contains("interface org.mpslab.Lab1.Manager"), "{intro}");
+    assert!(
+        intro.contains("interface org.mpslab.Lab1.Manager"),
+        "{intro}"
+    );
 }
 
 fn gdbus_introspect(bus: &Bus) -> String {
     let o = Command::new("gdbus")
-        .args(["introspect", "--address", &bus.address, "--dest", BUS_NAME, "--object-path", OBJECT_PATH])
+        .args([
+            "introspect",
+            "--address",
+            &bus.address,
+            "--dest",
+            BUS_NAME,
+            "--object-path",
+            OBJECT_PATH,
+        ])
         .output()
         .unwrap();
     text(&o)
@@ -175,7 +239,12 @@ fn introspection_matches_the_committed_xml() {
     }
     let committed = std::fs::read_to_string(&committed_path).unwrap();
     let theirs = extract_interface(&committed, INTERFACE).expect("committed XML has our interface");
-    assert_eq!(normalize(&ours), normalize(&theirs), "live interface differs from {}", committed_path.display());
+    assert_eq!(
+        normalize(&ours),
+        normalize(&theirs),
+        "live interface differs from {}",
+        committed_path.display()
+    );
 }
 
 fn extract_interface(xml: &str, name: &str) -> Option<String> {
@@ -185,7 +254,11 @@ fn extract_interface(xml: &str, name: &str) -> Option<String> {
 }
 
 fn normalize(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -200,7 +273,10 @@ fn ctl_exit_codes_follow_the_contract() {
             }
             None => Command::new(env!("CARGO_BIN_EXE_mpslabctl")),
         };
-        c.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).output().unwrap()
+        c.args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .output()
+            .unwrap()
     };
     let o = ctl(None, &["status"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -208,13 +284,22 @@ fn ctl_exit_codes_follow_the_contract() {
     let o = ctl(None, &["--json", "status"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(ctl(Some(AS_NOBODY), &["mps", "stop"]).status.code(), Some(77));
+    assert_eq!(
+        ctl(Some(AS_NOBODY), &["mps", "stop"]).status.code(),
+        Some(77)
+    );
     assert_eq!(ctl(None, &["run", "nope"]).status.code(), Some(1));
     assert_eq!(ctl(None, &["frobnicate"]).status.code(), Some(2));
 
     d.signal(nix::sys::signal::Signal::SIGTERM);
     d.wait_exit(Duration::from_secs(10)).expect("daemon stops");
-    for args in [&["status"][..], &["runs"], &["mps", "status"], &["run", "x"], &["report", "1"]] {
+    for args in [
+        &["status"][..],
+        &["runs"],
+        &["mps", "status"],
+        &["run", "x"],
+        &["report", "1"],
+    ] {
         let o = ctl(None, args);
         assert_eq!(o.status.code(), Some(69), "{args:?}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);

@@ -255,8 +255,16 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<u64, Error> {
         self.authorize(conn, &hdr, "RunExperiment").await?;
-        let trigger = format!("dbus:{}", hdr.sender().map(|s| s.to_string()).unwrap_or_default());
-        self.call(|reply| Command::Run { name, trigger, reply }).await
+        let trigger = format!(
+            "dbus:{}",
+            hdr.sender().map(|s| s.to_string()).unwrap_or_default()
+        );
+        self.call(|reply| Command::Run {
+            name,
+            trigger,
+            reply,
+        })
+        .await
     }
 
     /// Cancel a queued or running run.
@@ -305,7 +313,9 @@ impl Manager {
     /// The stored run in the analysis input format (JSON), for `mpslabctl compare`.
     async fn get_run_data(&self, id: u64) -> Result<String, Error> {
         self.reader
-            .with(move |c| Ok(serde_json::to_string(&rundata::load(c, id as i64)?).unwrap_or_default()))
+            .with(move |c| {
+                Ok(serde_json::to_string(&rundata::load(c, id as i64)?).unwrap_or_default())
+            })
             .await
             .map_err(Error::from)
     }
@@ -338,13 +348,26 @@ impl Manager {
     }
 
     #[zbus(signal)]
-    pub async fn run_started(emitter: &SignalEmitter<'_>, id: u64, experiment: &str) -> zbus::Result<()>;
+    pub async fn run_started(
+        emitter: &SignalEmitter<'_>,
+        id: u64,
+        experiment: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn run_progress(emitter: &SignalEmitter<'_>, id: u64, phase: u32, phases: u32) -> zbus::Result<()>;
+    pub async fn run_progress(
+        emitter: &SignalEmitter<'_>,
+        id: u64,
+        phase: u32,
+        phases: u32,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn run_finished(emitter: &SignalEmitter<'_>, id: u64, status: &str) -> zbus::Result<()>;
+    pub async fn run_finished(
+        emitter: &SignalEmitter<'_>,
+        id: u64,
+        status: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal, name = "MpsStateChanged")]
     pub async fn mps_state_changed_signal(

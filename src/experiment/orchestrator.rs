@@ -16,7 +16,9 @@ use crate::config::{Config, ExperimentConfig, FailurePolicy, ModelConfig, Provid
 use crate::experiment::phase::{self, PhaseProgress, PhaseSpec, WorkerSpec};
 use crate::experiment::plan::{mode_str, PhasePlan, Plan};
 use crate::mps::{worker_env, MpsClientMode, MpsManager, MpsState};
-use crate::store::{EventRow, IterationRow, NewPhase, PhaseEnd, PhaseModelRow, ProcRow, Tag, WriteOp, WriterHandle};
+use crate::store::{
+    EventRow, IterationRow, NewPhase, PhaseEnd, PhaseModelRow, ProcRow, Tag, WriteOp, WriterHandle,
+};
 use crate::telemetry::procstat;
 
 /// Live progress of the active run, for D-Bus and `mpslabctl status`.
@@ -36,7 +38,11 @@ pub struct RunProgress {
 /// What the orchestrator tells the daemon as it goes, for D-Bus signals.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunSignal {
-    Phase { run_id: u64, phase: u32, phases: u32 },
+    Phase {
+        run_id: u64,
+        phase: u32,
+        phases: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +158,10 @@ impl Runner {
         // Leave MPS as the run found it: stopped.
         if plan.needs_mps() {
             let mut mps = self.mps.lock().await;
-            if matches!(mps.status().state, MpsState::Running | MpsState::Failed | MpsState::Starting) {
+            if matches!(
+                mps.status().state,
+                MpsState::Running | MpsState::Failed | MpsState::Starting
+            ) {
                 if let Err(e) = mps.stop().await {
                     tracing::warn!(run_id, error = %e, "stopping MPS after the run failed");
                 }
@@ -182,15 +191,27 @@ impl Runner {
         if p.mps.needs_mps() {
             // Every MPS phase gets a fresh control daemon, so one phase's faults or leftover
             // clients cannot colour the next.
-            if matches!(state, MpsState::Running | MpsState::Failed | MpsState::Starting) {
-                mps.stop().await.map_err(|e| format!("stopping MPS before the phase: {e}"))?;
+            if matches!(
+                state,
+                MpsState::Running | MpsState::Failed | MpsState::Starting
+            ) {
+                mps.stop()
+                    .await
+                    .map_err(|e| format!("stopping MPS before the phase: {e}"))?;
             }
             mps.probe().await.map_err(|e| format!("MPS probe: {e}"))?;
-            mps.start().await.map_err(|e| format!("starting MPS: {e}"))?;
+            mps.start()
+                .await
+                .map_err(|e| format!("starting MPS: {e}"))?;
             Ok(mps.client_mode(None))
         } else {
-            if matches!(state, MpsState::Running | MpsState::Failed | MpsState::Starting) {
-                mps.stop().await.map_err(|e| format!("stopping MPS for an MPS-off phase: {e}"))?;
+            if matches!(
+                state,
+                MpsState::Running | MpsState::Failed | MpsState::Starting
+            ) {
+                mps.stop()
+                    .await
+                    .map_err(|e| format!("stopping MPS for an MPS-off phase: {e}"))?;
             }
             Ok(MpsClientMode::Off)
         }
@@ -234,7 +255,10 @@ impl Runner {
         let mps_mode = match self.prepare_mps(p).await {
             Ok(m) => m,
             Err(why) => {
-                let _ = self.writer.send(WriteOp::EndPhase(end("failed", Some(why.clone())))).await;
+                let _ = self
+                    .writer
+                    .send(WriteOp::EndPhase(end("failed", Some(why.clone()))))
+                    .await;
                 return Err(PhaseFailure::Failed(why));
             }
         };
@@ -244,7 +268,10 @@ impl Runner {
         for name in &p.models {
             let Some(model) = cfg.model(name) else {
                 let why = format!("model `{name}` is no longer configured");
-                let _ = self.writer.send(WriteOp::EndPhase(end("failed", Some(why.clone())))).await;
+                let _ = self
+                    .writer
+                    .send(WriteOp::EndPhase(end("failed", Some(why.clone()))))
+                    .await;
                 return Err(PhaseFailure::Failed(why));
             };
             let mode = if p.mps_models.contains(name) {
@@ -280,7 +307,11 @@ impl Runner {
             cfg.telemetry.proc_root.clone(),
             sampler_stop.clone(),
         ));
-        let progress_task = tokio::spawn(forward_progress(progress_rx, self.progress.clone(), sampler_stop.clone()));
+        let progress_task = tokio::spawn(forward_progress(
+            progress_rx,
+            self.progress.clone(),
+            sampler_stop.clone(),
+        ));
         let outcome = phase::run_phase(spec, cancel.child_token()).await;
         sampler_stop.cancel();
         let proc_stats = proc_task.await.unwrap_or_default();
@@ -324,7 +355,11 @@ impl Runner {
                 .send(WriteOp::PhaseModel(PhaseModelRow {
                     phase_id,
                     model: w.model.clone(),
-                    status: if w.error.is_none() { "ok".into() } else { "failed".into() },
+                    status: if w.error.is_none() {
+                        "ok".into()
+                    } else {
+                        "failed".into()
+                    },
                     pid: w.pid.map(|p| p as i32),
                     exit_status: w.exit_status.map(|s| s.to_string()),
                     digest,
@@ -357,7 +392,10 @@ impl Runner {
         match (status, error) {
             ("cancelled", _) => Err(PhaseFailure::Cancelled),
             ("completed", _) => {
-                tracing::info!(skew_us = outcome.barrier_skew_ns.map(|n| n / 1000), "phase completed");
+                tracing::info!(
+                    skew_us = outcome.barrier_skew_ns.map(|n| n / 1000),
+                    "phase completed"
+                );
                 Ok(())
             }
             (_, why) => {
@@ -434,7 +472,9 @@ async fn sample_workers(
         .unwrap_or_default();
         for ((model, pid), (_, sample)) in workers.iter().zip(samples) {
             let Some(cur) = sample else { continue };
-            let cpu = prev.get(pid).and_then(|p| procstat::cpu_percent(p, &cur, hz));
+            let cpu = prev
+                .get(pid)
+                .and_then(|p| procstat::cpu_percent(p, &cur, hz));
             let entry = stats.entry(model.clone()).or_default();
             if let Some(c) = cpu {
                 entry.cpu_sum += c;
@@ -465,7 +505,12 @@ async fn forward_progress(
             _ = stop.cancelled() => return,
             r = rx.changed() => if r.is_err() { return; },
         }
-        let done: u64 = rx.borrow_and_update().workers.iter().map(|w| w.iterations).sum();
+        let done: u64 = rx
+            .borrow_and_update()
+            .workers
+            .iter()
+            .map(|w| w.iterations)
+            .sum();
         tx.send_modify(|p| {
             if let Some(p) = p {
                 p.iterations = done;

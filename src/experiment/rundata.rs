@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection};
 
 use crate::experiment::analysis::{
-    Mode, ModelPhaseData, MpsSetting, PhaseData, PhaseTelemetryInput, RailEnergy, RunData, TimelinePoint, ValueRange,
+    Mode, ModelPhaseData, MpsSetting, PhaseData, PhaseTelemetryInput, RailEnergy, RunData,
+    TimelinePoint, ValueRange,
 };
 use crate::experiment::protocol::OutputDigest;
 use crate::store::{self, StoreError};
@@ -76,7 +77,10 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
         .collect::<Result<_, _>>()?;
 
     // Reference outputs per model: its first alone, MPS-off phase, else its first phase.
-    let mut digests: BTreeMap<(i64, String), (Option<String>, Vec<OutputDigest>, String, Option<String>)> = BTreeMap::new();
+    let mut digests: BTreeMap<
+        (i64, String),
+        (Option<String>, Vec<OutputDigest>, String, Option<String>),
+    > = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
             "SELECT pm.phase_id, pm.model, pm.digest, pm.digest_values, pm.status, pm.error \
@@ -127,10 +131,13 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
                 .query_map(params![p.id, m], |r| r.get::<_, i64>(0))?
                 .map(|r| r.map(|v| v.max(0) as u64))
                 .collect::<Result<_, _>>()?;
-            let (digest, values, status, error) = digests
-                .get(&(p.id, m.clone()))
-                .cloned()
-                .unwrap_or((None, Vec::new(), "missing".into(), Some("no result recorded".into())));
+            let (digest, values, status, error) =
+                digests.get(&(p.id, m.clone())).cloned().unwrap_or((
+                    None,
+                    Vec::new(),
+                    "missing".into(),
+                    Some("no result recorded".into()),
+                ));
             let diff = reference
                 .get(m)
                 .filter(|_| !values.is_empty())
@@ -150,7 +157,9 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
                 let mut on_models: Vec<String> = Vec::new();
                 // The per-model assignment is in the run's plan.
                 if let Some(plan) = conn
-                    .query_row("SELECT plan FROM runs WHERE id=?1", [run_id], |r| r.get::<_, Option<String>>(0))?
+                    .query_row("SELECT plan FROM runs WHERE id=?1", [run_id], |r| {
+                        r.get::<_, Option<String>>(0)
+                    })?
                     .and_then(|s| serde_json::from_str::<crate::experiment::plan::Plan>(&s).ok())
                 {
                     if let Some(pp) = plan.phases.iter().find(|x| x.idx == p.idx) {
@@ -191,7 +200,11 @@ fn rails_of(parsed: &serde_json::Value) -> Vec<(String, f64)> {
         .and_then(|r| r.as_object())
         .map(|o| {
             o.iter()
-                .filter_map(|(k, v)| v.get("cur_mw").and_then(|x| x.as_f64()).map(|mw| (k.clone(), mw)))
+                .filter_map(|(k, v)| {
+                    v.get("cur_mw")
+                        .and_then(|x| x.as_f64())
+                        .map(|mw| (k.clone(), mw))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -199,7 +212,12 @@ fn rails_of(parsed: &serde_json::Value) -> Vec<(String, f64)> {
 
 type Telemetry = (Option<PhaseTelemetryInput>, Vec<TimelinePoint>);
 
-fn phase_telemetry(conn: &Connection, phase_id: i64, start_ms: i64, end_ms: i64) -> Result<Telemetry, StoreError> {
+fn phase_telemetry(
+    conn: &Connection,
+    phase_id: i64,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Telemetry, StoreError> {
     let mut gpu = Vec::new();
     let mut timeline = Vec::new();
     let mut stmt = conn.prepare_cached(

@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::TelemetryConfig;
 use crate::store::{EventRow, Tag, TegraRow, VmstatRowRecord, WriteOp, WriterHandle};
 use crate::telemetry::tegrastats::TegraSample;
-use crate::telemetry::tegrastats_sampler::{self, SamplerEventKind, TegraReading, TegraSamplerConfig};
+use crate::telemetry::tegrastats_sampler::{
+    self, SamplerEventKind, TegraReading, TegraSamplerConfig,
+};
 use crate::telemetry::vmstat::{self, VmstatReading};
 
 /// Rails that measure the whole board's input power, in the order tegrastats names them across
@@ -92,7 +94,12 @@ pub struct Hub {
 
 /// Start telemetry: supervises both samplers until `cancel`, restarting them when enabled or
 /// reconfigured.
-pub fn spawn(cfg: TelemetryConfig, writer: WriterHandle, tracker: &TaskTracker, cancel: CancellationToken) -> Hub {
+pub fn spawn(
+    cfg: TelemetryConfig,
+    writer: WriterHandle,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Hub {
     let (tag_tx, tag_rx) = watch::channel(Tag::default());
     let (enabled_tx, enabled_rx) = watch::channel(true);
     let (config_tx, config_rx) = watch::channel(cfg);
@@ -146,7 +153,10 @@ async fn supervise(
         }
         round.cancel();
         // The tegrastats child is killed and reaped before a new one may start.
-        if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("telemetry tasks did not stop within 5 s");
         }
         if cancel.is_cancelled() {
@@ -202,7 +212,9 @@ fn start_round(
                     message.push_str(&format!(" (gap {gap} ms)"));
                 }
                 match ev.kind {
-                    SamplerEventKind::Started | SamplerEventKind::Stopped => tracing::info!(sampler = "tegrastats", "{message}"),
+                    SamplerEventKind::Started | SamplerEventKind::Stopped => {
+                        tracing::info!(sampler = "tegrastats", "{message}")
+                    }
                     _ => tracing::warn!(sampler = "tegrastats", "{message}"),
                 }
                 let t = *tag.borrow();
@@ -234,7 +246,13 @@ fn start_round(
     let (vm_tx, mut vm_rx) = mpsc::channel::<VmstatReading>(64);
     let proc_root: PathBuf = cfg.proc_root.clone();
     let interval = Duration::from_millis(cfg.vmstat_interval_ms);
-    tasks.spawn(vmstat::run_sampler(proc_root, interval, vm_tx, round.clone(), dropped.clone()));
+    tasks.spawn(vmstat::run_sampler(
+        proc_root,
+        interval,
+        vm_tx,
+        round.clone(),
+        dropped.clone(),
+    ));
     states.send_modify(|m| {
         m.insert("vmstat".into(), "running".into());
     });
