@@ -331,9 +331,13 @@ mod tests {
             close(us.max, 30.0),
         );
         let sy = s.cpu_sy.unwrap();
-        (close(sy.min, 1.0), close(sy.avg, 3.0), close(sy.max, 5.0));
+        close(sy.min, 1.0);
+        close(sy.avg, 3.0);
+        close(sy.max, 5.0);
         let wa = s.cpu_wa.unwrap();
-        (close(wa.min, 0.0), close(wa.avg, 2.0), close(wa.max, 4.0));
+        close(wa.min, 0.0);
+        close(wa.avg, 2.0);
+        close(wa.max, 4.0);
         close(s.cpu_id.unwrap().avg, 75.0);
         assert_eq!(
             s.free_kb,
