@@ -325,11 +325,9 @@ mod tests {
         let s = summarize(W, &[], &pts, SummaryOptions::default());
         assert_eq!(s.vm_samples, 3);
         let us = s.cpu_us.unwrap();
-        (
-            close(us.min, 10.0),
-            close(us.avg, 20.0),
-            close(us.max, 30.0),
-        );
+        close(us.min, 10.0);
+        close(us.avg, 20.0);
+        close(us.max, 30.0);
         let sy = s.cpu_sy.unwrap();
         close(sy.min, 1.0);
         close(sy.avg, 3.0);
