@@ -17,7 +17,8 @@ pub struct GpuPoint {
     pub rails_mw: Vec<(String, f64)>,
 }
 
-/// One vmstat row, reduced to what summaries use.
+/// One vmstat row, reduced to what summaries use. Pass delta rows only: a since-boot first
+/// row averages the whole uptime and would skew the phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct VmPoint {
     pub wall_ms: i64,
