@@ -131,15 +131,25 @@ fn run_real_vmstat(a: &Path, b: &Path, delay: u32) -> Outcome {
 }
 
 fn assert_columns(case: &str, which: &str, ours: &[u64; 18], theirs: &[u64], only: &[&str]) {
-    assert_eq!(
-        theirs.len(),
-        18,
-        "{case} {which}: vmstat -w printed {theirs:?}"
-    );
+    let mut only = only.to_vec();
+    if theirs.len() == 17 {
+        // procps 3.3.x: no `gu` column, and guest time stays inside `us`.
+        only.retain(|c| *c != "gu" && *c != "us");
+    } else {
+        assert_eq!(
+            theirs.len(),
+            18,
+            "{case} {which}: vmstat -w printed {theirs:?}"
+        );
+    }
     let mut diffs = Vec::new();
     for (i, name) in NAMES.iter().enumerate() {
-        if only.contains(name) && ours[i] != theirs[i] {
-            diffs.push(format!("{name}: ours {} vmstat {}", ours[i], theirs[i]));
+        if only.contains(name) && theirs.get(i) != Some(&ours[i]) {
+            diffs.push(format!(
+                "{name}: ours {} vmstat {:?}",
+                ours[i],
+                theirs.get(i)
+            ));
         }
     }
     assert!(
@@ -194,6 +204,8 @@ fn research_example_matches_vmstat() {
     check_case("research_example", 2);
 }
 
+/// Delay 1 here only: A == B, so the in-place rewrite cannot race vmstat's second read. The
+/// other cases use 2-3 s so a loaded machine still rewrites the files in time.
 #[test]
 fn zero_delta_matches_vmstat() {
     check_case("zero_delta", 1);
@@ -201,7 +213,7 @@ fn zero_delta_matches_vmstat() {
 
 #[test]
 fn ticks_going_backwards_match_vmstat() {
-    check_case("ticks_backwards", 1);
+    check_case("ticks_backwards", 2);
 }
 
 #[test]
@@ -221,7 +233,7 @@ fn huge_values_match_vmstat() {
 
 #[test]
 fn missing_swap_lines_match_vmstat() {
-    check_case("no_swap_lines", 1);
+    check_case("no_swap_lines", 2);
 }
 
 /// Live machine: `vmstat -w -n 1 2` next to our own reads taken right after each of its lines.
@@ -249,7 +261,7 @@ fn live_row_agrees_with_vmstat() {
     let elapsed = t0.elapsed();
     assert!(child.wait().unwrap().success());
     let ours = derive_row(Some(&a), &b, elapsed, clock_ticks_per_sec(), page_size_kb());
-    assert_eq!(theirs.len(), 18, "vmstat -w printed {theirs:?}");
+    assert!(theirs.len() >= 17, "vmstat -w printed {theirs:?}");
 
     // procps <= 4.0.2 prints memory as read at its start; ours at the matching instant.
     let mem_ref = if is_reference_version() { &a } else { &b };

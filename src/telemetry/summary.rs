@@ -17,7 +17,8 @@ pub struct GpuPoint {
     pub rails_mw: Vec<(String, f64)>,
 }
 
-/// One vmstat row, reduced to what summaries use.
+/// One vmstat row, reduced to what summaries use. Pass delta rows only: a since-boot first
+/// row averages the whole uptime and would skew the phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct VmPoint {
     pub wall_ms: i64,
@@ -325,15 +326,17 @@ mod tests {
         let s = summarize(W, &[], &pts, SummaryOptions::default());
         assert_eq!(s.vm_samples, 3);
         let us = s.cpu_us.unwrap();
-        (
-            close(us.min, 10.0),
-            close(us.avg, 20.0),
-            close(us.max, 30.0),
-        );
+        close(us.min, 10.0);
+        close(us.avg, 20.0);
+        close(us.max, 30.0);
         let sy = s.cpu_sy.unwrap();
-        (close(sy.min, 1.0), close(sy.avg, 3.0), close(sy.max, 5.0));
+        close(sy.min, 1.0);
+        close(sy.avg, 3.0);
+        close(sy.max, 5.0);
         let wa = s.cpu_wa.unwrap();
-        (close(wa.min, 0.0), close(wa.avg, 2.0), close(wa.max, 4.0));
+        close(wa.min, 0.0);
+        close(wa.avg, 2.0);
+        close(wa.max, 4.0);
         close(s.cpu_id.unwrap().avg, 75.0);
         assert_eq!(
             s.free_kb,

@@ -463,25 +463,18 @@ pub fn derive_row(
     hz: u64,
     page_kb: u64,
 ) -> VmstatRow {
-    let (ticks, rate): (Ticks, Box<dyn Fn(u64) -> u64>) = match prev {
+    // (numerator scale, divisor): since boot x*hz/Div, later d*1e9/elapsed_ns, rounded half up.
+    let (ticks, scale, divisor) = match prev {
         None => {
             let ticks = Ticks::cumulative(cur);
-            let div = ticks.total().max(1);
-            let hz = hz as u128;
-            let rate = move |x: u64| to_u64((x as u128 * hz + div / 2) / div);
-            (ticks, Box::new(rate))
+            (ticks, hz as u128, ticks.total().max(1))
         }
-        Some(prev) => {
-            let ns = elapsed.as_nanos();
-            let rate = move |d: u64| {
-                if ns == 0 {
-                    0
-                } else {
-                    to_u64((d as u128 * 1_000_000_000 + ns / 2) / ns)
-                }
-            };
-            (Ticks::delta(prev, cur), Box::new(rate))
-        }
+        Some(prev) => (Ticks::delta(prev, cur), 1_000_000_000, elapsed.as_nanos()),
+    };
+    let rate = |x: u64| {
+        (x as u128 * scale + divisor / 2)
+            .checked_div(divisor)
+            .map_or(0, to_u64)
     };
     let counter = |pick: fn(&RawCounters) -> u64| match prev {
         None => pick(cur),
