@@ -1040,12 +1040,10 @@ fn build_experiment(
         ));
     }
     if let Some(s) = &e.schedule {
-        if let Err(err) = croner::Cron::new(s).parse() {
+        if let Err(err) = crate::experiment::schedule::Schedule::parse(s) {
             return Err(ctx.err(
                 &k("schedule"),
-                format!(
-                    "invalid cron expression {s:?}: {err}; expected 5 fields, e.g. \"0 3 * * *\""
-                ),
+                format!("{err}; expected 5 fields (minute hour day month weekday), e.g. \"0 3 * * *\""),
             ));
         }
     }

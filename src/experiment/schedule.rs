@@ -9,7 +9,8 @@ pub struct ScheduleError {
     pub reason: String,
 }
 
-/// A parsed 5-field cron expression.
+/// A parsed cron expression: the usual 5 fields (minute hour day month weekday), or 6 with a
+/// leading seconds field for sub-minute schedules.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     expr: String,
@@ -18,7 +19,7 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn parse(expr: &str) -> Result<Self, ScheduleError> {
-        let cron = croner::Cron::new(expr).parse().map_err(|e| ScheduleError {
+        let cron = croner::Cron::new(expr).with_seconds_optional().parse().map_err(|e| ScheduleError {
             expr: expr.to_string(),
             reason: e.to_string(),
         })?;
@@ -72,6 +73,13 @@ mod tests {
         let next = s.next_after(&now).unwrap();
         let gap = next - now;
         assert!(gap.num_milliseconds() > 0 && gap.num_seconds() <= 60);
+    }
+
+    #[test]
+    fn optional_seconds_field() {
+        let s = Schedule::parse("*/10 * * * * *").unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 12, 4, 20, 0, 1).unwrap();
+        assert_eq!(s.next_after(&t).unwrap(), Utc.with_ymd_and_hms(2026, 12, 4, 20, 0, 10).unwrap());
     }
 
     #[test]

