@@ -70,14 +70,24 @@ async fn barrier_releases_workers_within_2_ms() {
     // unlucky scheduling of a test process must not decide the result.
     let mut skews = Vec::new();
     for _ in 0..5 {
-        let outcome =
-            run_phase(spec(vec![cls(), orientation()], 5), CancellationToken::new()).await;
+        let outcome = run_phase(
+            spec(vec![cls(), orientation()], 5),
+            CancellationToken::new(),
+        )
+        .await;
         if let Some(e) = &outcome.error {
             panic!("phase failed: {e}");
         }
         let skew = outcome.barrier_skew_ns.expect("skew");
-        let firsts: Vec<u64> = outcome.workers.iter().map(|w| w.records[0].start_ns).collect();
-        assert_eq!(skew, firsts.iter().max().unwrap() - firsts.iter().min().unwrap());
+        let firsts: Vec<u64> = outcome
+            .workers
+            .iter()
+            .map(|w| w.records[0].start_ns)
+            .collect();
+        assert_eq!(
+            skew,
+            firsts.iter().max().unwrap() - firsts.iter().min().unwrap()
+        );
         skews.push(skew);
         if skew < 2_000_000 {
             return;

@@ -108,17 +108,24 @@ async fn missing_model_fails_the_phase_and_stops_the_sibling() {
     let outcome = run_phase(spec(vec![cls(), missing], 50), CancellationToken::new()).await;
     let (model, cause, status) = worker_failed(&outcome);
     assert_eq!(model, "ghost");
-    assert!(cause.contains("/nonexistent/ghost.onnx does not exist"), "{cause}");
+    assert!(
+        cause.contains("/nonexistent/ghost.onnx does not exist"),
+        "{cause}"
+    );
     assert_eq!(status, "exit status: 1");
     let text = outcome.error.as_ref().unwrap().to_string();
     assert!(text.contains("stderr: mpslab-worker: error:"), "{text}");
-    assert!(outcome.workers[0].records.is_empty(), "sibling never got go");
+    assert!(
+        outcome.workers[0].records.is_empty(),
+        "sibling never got go"
+    );
     assert_no_process_left(&outcome);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_model_is_refused_naming_the_cause() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/truncated.onnx");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/truncated.onnx");
     let outcome = run_phase(
         spec(vec![worker_spec("cut", &path, &[])], 10),
         CancellationToken::new(),
@@ -137,7 +144,10 @@ async fn unavailable_provider_is_refused_not_run_on_cpu() {
     w.args.extend(["--provider".into(), "cuda".into()]);
     let outcome = run_phase(spec(vec![w], 10), CancellationToken::new()).await;
     let (_, cause, _) = worker_failed(&outcome);
-    assert!(cause.contains("CUDA execution provider is not enabled in this build"), "{cause}");
+    assert!(
+        cause.contains("CUDA execution provider is not enabled in this build"),
+        "{cause}"
+    );
     assert!(outcome.workers[0].records.is_empty());
     assert_no_process_left(&outcome);
 }
@@ -192,7 +202,11 @@ async fn cancel_ends_a_phase_within_5_s_with_no_worker_left() {
     let t = Instant::now();
     cancel.cancel();
     let outcome = phase.await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(outcome.error, Some(PhaseError::Cancelled));
     assert_no_process_left(&outcome);
     assert!(outcome.workers.iter().all(|w| !w.records.is_empty()));
@@ -207,7 +221,11 @@ async fn cancel_while_loading_kills_a_worker_that_ignores_sigterm() {
     let t = Instant::now();
     cancel.cancel();
     let outcome = phase.await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(outcome.error, Some(PhaseError::Cancelled));
     let status = outcome.workers[0].exit_status.unwrap().to_string();
     assert!(status.contains("SIGKILL"), "{status}");
@@ -252,7 +270,13 @@ async fn a_worker_that_never_gets_ready_times_out_loading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_stdout_is_a_protocol_failure_quoting_it() {
     let outcome = run_phase(
-        spec(vec![script_worker("noisy", "echo 'hello from a library'; sleep 30")], 10),
+        spec(
+            vec![script_worker(
+                "noisy",
+                "echo 'hello from a library'; sleep 30",
+            )],
+            10,
+        ),
         CancellationToken::new(),
     )
     .await;

@@ -80,14 +80,23 @@ fn assert_ok(outcome: &PhaseOutcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_models_run_together_inside_one_window() {
-    let outcome = run_phase(spec(vec![cls(), orientation()], 80), CancellationToken::new()).await;
+    let outcome = run_phase(
+        spec(vec![cls(), orientation()], 80),
+        CancellationToken::new(),
+    )
+    .await;
     assert_ok(&outcome);
     let window = outcome.window.expect("a together window");
     let [a, b] = &outcome.workers[..] else {
         panic!("two workers")
     };
     for w in [a, b] {
-        assert!(w.in_window.len() >= 80, "{}: {} in window", w.model, w.in_window.len());
+        assert!(
+            w.in_window.len() >= 80,
+            "{}: {} in window",
+            w.model,
+            w.in_window.len()
+        );
         assert!(w.in_window.iter().all(|r| window.contains(r)));
         assert!(w.records.len() >= w.in_window.len());
         assert!(w.exit_status.unwrap().success());
@@ -99,18 +108,35 @@ async fn two_models_run_together_inside_one_window() {
         .iter()
         .filter(|rb| a.in_window.iter().any(|ra| overlap(ra, rb)))
         .count();
-    assert_eq!(overlapping, b.in_window.len(), "every orientation iteration overlaps cls");
+    assert_eq!(
+        overlapping,
+        b.in_window.len(),
+        "every orientation iteration overlaps cls"
+    );
     assert!(a.in_window.len() > b.in_window.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digests_are_identical_across_phases_and_models_differ() {
-    let first = run_phase(spec(vec![cls(), orientation()], 20), CancellationToken::new()).await;
-    let second = run_phase(spec(vec![orientation(), cls()], 20), CancellationToken::new()).await;
+    let first = run_phase(
+        spec(vec![cls(), orientation()], 20),
+        CancellationToken::new(),
+    )
+    .await;
+    let second = run_phase(
+        spec(vec![orientation(), cls()], 20),
+        CancellationToken::new(),
+    )
+    .await;
     assert_ok(&first);
     assert_ok(&second);
     let by_model = |o: &PhaseOutcome, m: &str| {
-        o.workers.iter().find(|w| w.model == m).unwrap().digests.clone()
+        o.workers
+            .iter()
+            .find(|w| w.model == m)
+            .unwrap()
+            .digests
+            .clone()
     };
     for m in ["cls", "orientation"] {
         let (d1, d2) = (by_model(&first, m), by_model(&second, m));
@@ -118,7 +144,10 @@ async fn digests_are_identical_across_phases_and_models_differ() {
         assert_eq!(d1, d2, "{m}: outputs changed between phases");
         assert!(!d1[0].outputs[0].head.is_empty());
     }
-    assert_ne!(by_model(&first, "cls")[0].sha256, by_model(&first, "orientation")[0].sha256);
+    assert_ne!(
+        by_model(&first, "cls")[0].sha256,
+        by_model(&first, "orientation")[0].sha256
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,9 +173,16 @@ async fn alone_is_one_worker_and_progress_is_published() {
     let outcome = phase.await.unwrap();
     assert_ok(&outcome);
     assert!(saw_pid_while_measuring);
-    assert!(max_seen > 0, "iteration counts were published while measuring");
+    assert!(
+        max_seen > 0,
+        "iteration counts were published while measuring"
+    );
     let w = &outcome.workers[0];
-    assert_eq!(w.in_window.len(), w.records.len(), "alone: the window is the whole run");
+    assert_eq!(
+        w.in_window.len(),
+        w.records.len(),
+        "alone: the window is the whole run"
+    );
     assert_eq!(outcome.barrier_skew_ns, Some(0));
 }
 
@@ -174,9 +210,15 @@ async fn workers_get_only_the_explicit_environment() {
             .filter(|v| !v.is_empty())
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        assert!(vars.contains(&"MPSLAB_PHASE_TEST=explicit".to_string()), "{vars:?}");
+        assert!(
+            vars.contains(&"MPSLAB_PHASE_TEST=explicit".to_string()),
+            "{vars:?}"
+        );
         assert!(vars.iter().all(|v| !v.starts_with("CUDA_MPS_")), "{vars:?}");
-        assert!(vars.iter().all(|v| !v.starts_with("NOTIFY_SOCKET")), "{vars:?}");
+        assert!(
+            vars.iter().all(|v| !v.starts_with("NOTIFY_SOCKET")),
+            "{vars:?}"
+        );
         assert_eq!(vars.len(), 2, "only the explicit env: {vars:?}");
     }
     cancel.cancel();

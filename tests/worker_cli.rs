@@ -20,7 +20,9 @@ fn ort_lib() -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 fn cls_model() -> PathBuf {
@@ -131,7 +133,10 @@ fn cuda_on_cpu_only_runtime_is_an_error_not_a_cpu_run() {
     );
     assert_refused(
         &f,
-        &["`cuda`", "CUDA execution provider is not enabled in this build"],
+        &[
+            "`cuda`",
+            "CUDA execution provider is not enabled in this build",
+        ],
     );
 }
 
@@ -144,17 +149,20 @@ fn tensorrt_on_cpu_only_runtime_is_an_error() {
             .args(CLS_DIMS)
             .args(["--provider", "tensorrt", "--trt-fp16", "--iterations", "3"]),
     );
-    assert_refused(&f, &["`tensorrt`", "TensorRT execution provider is not enabled"]);
+    assert_refused(
+        &f,
+        &["`tensorrt`", "TensorRT execution provider is not enabled"],
+    );
 }
 
 #[test]
 fn unresolved_dynamic_dimension_names_input_and_fix() {
-    let f = run_standalone(
-        worker()
-            .arg("--model")
-            .arg(fixture("dyn_conv.onnx"))
-            .args(["--dim", "batch=1", "--dim", "height=32"]),
-    );
+    let f = run_standalone(worker().arg("--model").arg(fixture("dyn_conv.onnx")).args([
+        "--dim",
+        "batch=1",
+        "--dim",
+        "height=32",
+    ]));
     assert_refused(&f, &["input `images` axis 3 (`width`)", "--dim width=N"]);
 }
 
@@ -171,14 +179,19 @@ fn a_dim_that_matches_nothing_is_refused() {
 
 #[test]
 fn int64_and_int32_inputs_run_with_symbolic_dims() {
-    let f = run_standalone(worker().arg("--model").arg(fixture("int_inputs.onnx")).args([
-        "--dim",
-        "seq=6",
-        "--iterations",
-        "5",
-        "--digest-inputs",
-        "2",
-    ]));
+    let f = run_standalone(
+        worker()
+            .arg("--model")
+            .arg(fixture("int_inputs.onnx"))
+            .args([
+                "--dim",
+                "seq=6",
+                "--iterations",
+                "5",
+                "--digest-inputs",
+                "2",
+            ]),
+    );
     assert_eq!(f.code, Some(0), "{}", f.stderr);
     let WorkerMsg::Ready { inputs, .. } = &f.stdout[0] else {
         panic!("first message is not ready: {:?}", f.stdout[0])
@@ -375,12 +388,12 @@ fn sigterm_while_waiting_for_go_exits_at_once() {
 #[test]
 fn duration_limit_stops_the_loop() {
     let t = Instant::now();
-    let f = run_standalone(
-        worker()
-            .arg("--model")
-            .arg(fixture("tiny_add.onnx"))
-            .args(["--duration-s", "0.3", "--digest-inputs", "1"]),
-    );
+    let f = run_standalone(worker().arg("--model").arg(fixture("tiny_add.onnx")).args([
+        "--duration-s",
+        "0.3",
+        "--digest-inputs",
+        "1",
+    ]));
     assert_eq!(f.code, Some(0), "{}", f.stderr);
     assert!(matches!(
         f.stdout.last(),

@@ -520,8 +520,7 @@ impl Phase {
                 let slot = &mut self.slots[i];
                 slot.exited = true;
                 slot.out.exit_status = status.ok();
-                self.progress
-                    .send_modify(|p| p.workers[i].running = false);
+                self.progress.send_modify(|p| p.workers[i].running = false);
                 self.check_finished(i, stage)
             }
         }
@@ -658,7 +657,8 @@ impl Phase {
         failure: Option<Failure>,
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> PhaseOutcome {
-        self.progress.send_modify(|p| p.stage = PhaseStage::Stopping);
+        self.progress
+            .send_modify(|p| p.stage = PhaseStage::Stopping);
         if self.slots.iter().any(|s| !s.finished()) {
             // Closing stdin alone would also stop a healthy worker (it reads EOF as "parent
             // gone"); the signal covers one that is stuck loading or in a long inference.
@@ -739,7 +739,12 @@ impl Phase {
     }
 
     fn to_error(&self, f: Failure, spec: &PhaseSpec) -> PhaseError {
-        let model = |i: usize| self.slots.get(i).map(|s| s.out.model.clone()).unwrap_or_default();
+        let model = |i: usize| {
+            self.slots
+                .get(i)
+                .map(|s| s.out.model.clone())
+                .unwrap_or_default()
+        };
         match f {
             Failure::Spawn { index, message } => PhaseError::Spawn {
                 model: model(index),

@@ -153,7 +153,9 @@ pub fn parse_dim(s: &str) -> Result<DimArg, String> {
         .parse()
         .map_err(|_| format!("`{value}` in `{s}` is not an integer"))?;
     if value < 1 {
-        return Err(format!("dimension `{name}` must be at least 1, got {value}"));
+        return Err(format!(
+            "dimension `{name}` must be at least 1, got {value}"
+        ));
     }
     let name = name.trim();
     if name.is_empty() {
@@ -318,7 +320,12 @@ fn stop_reason(code: u8) -> Option<StopReason> {
 
 fn request_stop(reason: StopReason) {
     // The first reason wins.
-    let _ = STOP.compare_exchange(NO_STOP, stop_code(reason), Ordering::SeqCst, Ordering::SeqCst);
+    let _ = STOP.compare_exchange(
+        NO_STOP,
+        stop_code(reason),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
 }
 
 extern "C" fn on_terminate(_sig: c_int) {
@@ -572,12 +579,13 @@ fn load(args: &WorkerArgs) -> Result<Loaded, WorkerError> {
         .map_err(opt("intra-op threads"))?;
     let providers = execution_providers(args);
     if !providers.is_empty() {
-        builder = builder
-            .with_execution_providers(providers)
-            .map_err(|e| WorkerError::Provider {
-                provider: args.provider.as_str().into(),
-                message: e.to_string(),
-            })?;
+        builder =
+            builder
+                .with_execution_providers(providers)
+                .map_err(|e| WorkerError::Provider {
+                    provider: args.provider.as_str().into(),
+                    message: e.to_string(),
+                })?;
     }
     let session = builder
         .commit_from_file(&args.model)
@@ -614,12 +622,7 @@ fn load(args: &WorkerArgs) -> Result<Loaded, WorkerError> {
             TensorElementType::Int32 => InputTensor::I32(
                 Tensor::from_array((shape.clone(), vec![0i32; len])).map_err(input_err)?,
             ),
-            _ => {
-                return Err(WorkerError::UnsupportedInput {
-                    input: name,
-                    dtype,
-                })
-            }
+            _ => return Err(WorkerError::UnsupportedInput { input: name, dtype }),
         };
         tensor.fill(input_seed(args.seed, i, 0), args.int_high);
         inputs.push(tensor);
