@@ -1289,7 +1289,7 @@ fn consistency(run: &RunData, model: &str) -> ModelConsistency {
             }
         }
     }
-    groups.sort_by(|a, b| b.phases.len().cmp(&a.phases.len()));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.phases.len()));
     let status = match groups.len() {
         0 => ConsistencyStatus::Unknown,
         1 if max_abs_diff.is_none_or(|d| d == 0.0) => ConsistencyStatus::Identical,
