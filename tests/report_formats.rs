@@ -158,13 +158,14 @@ fn markdown_has_every_section_with_numbers() {
         "{md}"
     );
     // The stats table shows every cell with its n; the failed cls worker contributed 150 samples.
-    let cls_mixed = md
+    let stats_section = md.split("## 6. Latency statistics").nth(1).unwrap();
+    let cls_mixed = stats_section
         .lines()
         .find(|l| l.starts_with("| cls | mixed, MPS on for detect, seg |"))
         .unwrap();
     assert!(cls_mixed.contains("| 150 |"), "{cls_mixed}");
     // Two repeats of each together condition: repeat means shown.
-    let det = md
+    let det = stats_section
         .lines()
         .find(|l| l.starts_with("| detect | together, MPS off |") && l.contains("range"))
         .unwrap();

@@ -1,7 +1,8 @@
 //! The HTML report renders in headless Chromium and carries its charts and tables.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use mpslab::experiment::analysis::{analyze, RunData};
 use mpslab::experiment::report::render_html;
@@ -75,7 +76,7 @@ fn html_renders_in_headless_chromium() {
     let png = dir.path().join("shot.png");
     let profile = tempfile::tempdir().unwrap();
     std::fs::write(&page, report_html()).unwrap();
-    let out = Command::new(chromium())
+    let mut child = Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -91,13 +92,24 @@ fn html_renders_in_headless_chromium() {
         .arg(format!("--screenshot={}", png.display()))
         .arg("--window-size=1280,2000")
         .arg(format!("file://{}", page.display()))
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .expect("run chromium");
-    assert!(
-        png.exists(),
-        "no screenshot; chromium said: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Generous limit for a loaded 2-core machine; a hung browser must fail the test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("chromium did not finish within 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(png.exists(), "no screenshot; chromium exited with {status}");
 
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
     let mut reader = decoder.read_info().unwrap();

@@ -170,7 +170,7 @@ pub struct TimelinePoint {
 /// Number of bootstrap resamples behind every confidence interval.
 pub const BOOTSTRAP_RESAMPLES: usize = 1000;
 /// Largest resample size for the bootstrap of the mean (see the module docs).
-pub const MEAN_RESAMPLE_CAP: usize = 4096;
+pub const MEAN_RESAMPLE_CAP: usize = 2048;
 /// Confidence level of every interval.
 pub const CONFIDENCE: f64 = 0.95;
 
@@ -961,14 +961,16 @@ fn analyze_salted(run: &RunData, salt: u64) -> Analysis {
             let repeats: Vec<RepeatStats> = repeats
                 .into_iter()
                 .filter(|(_, v)| !v.is_empty())
-                .map(|(repeat, v)| {
-                    let s = stats::sorted(&v);
-                    RepeatStats {
-                        repeat,
-                        n: v.len(),
-                        mean_ms: stats::mean(&v),
-                        p50_ms: stats::percentile_sorted(&s, 50.0),
-                    }
+                .map(|(repeat, v)| RepeatStats {
+                    repeat,
+                    n: v.len(),
+                    mean_ms: stats::mean(&v),
+                    // A single repeat is the pooled sample: skip sorting it a second time.
+                    p50_ms: if v.len() == stats.n {
+                        stats.p50_ms
+                    } else {
+                        stats::percentile_sorted(&stats::sorted(&v), 50.0)
+                    },
                 })
                 .collect();
             let (lo, hi) = repeats
@@ -1289,7 +1291,7 @@ fn consistency(run: &RunData, model: &str) -> ModelConsistency {
             }
         }
     }
-    groups.sort_by(|a, b| b.phases.len().cmp(&a.phases.len()));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.phases.len()));
     let status = match groups.len() {
         0 => ConsistencyStatus::Unknown,
         1 if max_abs_diff.is_none_or(|d| d == 0.0) => ConsistencyStatus::Identical,
