@@ -1043,7 +1043,9 @@ fn build_experiment(
         if let Err(err) = crate::experiment::schedule::Schedule::parse(s) {
             return Err(ctx.err(
                 &k("schedule"),
-                format!("{err}; expected 5 fields (minute hour day month weekday), e.g. \"0 3 * * *\""),
+                format!(
+                    "{err}; expected 5 fields (minute hour day month weekday), e.g. \"0 3 * * *\""
+                ),
             ));
         }
     }

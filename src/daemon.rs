@@ -112,8 +112,8 @@ struct Active {
 /// Internal messages from tasks the loop started.
 enum Internal {
     Validated {
-        experiment: ExperimentConfig,
-        plan: Plan,
+        experiment: Box<ExperimentConfig>,
+        plan: Box<Plan>,
         trigger: String,
         reply: Reply<u64>,
     },
@@ -415,8 +415,8 @@ impl State {
                         Ok((experiment, plan)) => {
                             let _ = internal
                                 .send(Internal::Validated {
-                                    experiment,
-                                    plan,
+                                    experiment: Box::new(experiment),
+                                    plan: Box::new(plan),
                                     trigger,
                                     reply,
                                 })
@@ -476,8 +476,8 @@ impl State {
                         tracing::info!(run_id = id, experiment = %experiment.name, phases = plan.phases.len(), %trigger, "run queued");
                         self.queue.push_back(Queued {
                             id,
-                            experiment,
-                            plan,
+                            experiment: *experiment,
+                            plan: *plan,
                         });
                         let _ = reply.send(Ok(id as u64));
                         self.publish_queue();
@@ -629,13 +629,26 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
 
     // MPS: adopt or clean what a crashed predecessor left, then probe.
     let (mps_events_tx, mut mps_events_rx) = mpsc::unbounded_channel();
-    let mut mps_manager = MpsManager::new(mps_settings(&config), mps_events_tx);
+    let settings = mps_settings(&config);
+    // Our pid file exists only while a control daemon we started runs: after a crash it means
+    // MPS was up, and operators expect it up again (one fresh daemon, never an orphan).
+    let was_running = settings.pid_file.exists();
+    let mut mps_manager = MpsManager::new(settings, mps_events_tx);
     if let Err(e) = mps_manager.recover().await {
         tracing::warn!(error = %e, "MPS recovery at start");
     }
-    if !matches!(mps_manager.status().state, MpsState::Running) {
-        if let Err(e) = mps_manager.probe().await {
-            tracing::warn!(error = %e, "MPS is not usable; experiments that need it will be refused");
+    match mps_manager.probe().await {
+        Ok(_) if was_running => {
+            tracing::warn!(
+                "MPS was running when mpslabd last stopped; starting a fresh control daemon"
+            );
+            if let Err(e) = mps_manager.start().await {
+                tracing::error!(error = %e, "restarting MPS after recovery failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "MPS is not usable; experiments that need it will be refused")
         }
     }
     let mut mps_status = mps_manager.subscribe();
@@ -733,6 +746,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut last_status = state.status.borrow().summary();
+    // Counters that change without an event (dropped samples) are published once a second.
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -774,6 +789,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                     let _ = dbus::Manager::run_progress(iface.signal_emitter(), run_id, phase, phases).await;
                 }
             }
+            _ = housekeeping.tick() => {}
             // The loop pings the watchdog itself, so a wedged loop is noticed by systemd.
             _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
         }

@@ -937,6 +937,36 @@ pub fn count(conn: &Connection, table: &str) -> Result<i64, StoreError> {
     Ok(conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
 }
 
+/// Telemetry or events newer than `since_ms`, oldest first, as JSON lines (for `GetSamples`).
+/// `None` when `source` is not a known table.
+pub fn samples_json(
+    conn: &Connection,
+    source: &str,
+    since_ms: i64,
+    limit: u32,
+) -> Result<Option<String>, StoreError> {
+    let sql = match source {
+        "tegrastats" => "SELECT json_object('wall_ms', wall_ms, 'mono_ns', mono_ns, 'run_id', run_id, 'phase_id', phase_id, \
+             'sample', json(parsed), 'error', parse_error, 'raw', CAST(raw AS TEXT)) \
+             FROM tegrastats_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
+        "vmstat" => "SELECT json_object('wall_ms', wall_ms, 'mono_ns', mono_ns, 'run_id', run_id, 'phase_id', phase_id, \
+             'row', json(row)) FROM vmstat_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
+        "proc" => "SELECT json_object('wall_ms', wall_ms, 'run_id', run_id, 'phase_id', phase_id, 'model', model, \
+             'pid', pid, 'cpu_pct', cpu_pct, 'rss_kb', rss_kb) FROM proc_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
+        "events" => "SELECT json_object('wall_ms', wall_ms, 'source', source, 'kind', kind, 'message', message, \
+             'run_id', run_id, 'phase_id', phase_id, 'model', model) FROM events WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
+        _ => return Ok(None),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![since_ms, limit], |r| r.get::<_, String>(0))?;
+    let mut out = String::new();
+    for r in rows {
+        out.push_str(&r?);
+        out.push('\n');
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1021,34 +1051,4 @@ mod tests {
             .starts_with(b"this is not a database"));
         assert!(report.corruption.is_some());
     }
-}
-
-/// Telemetry or events newer than `since_ms`, oldest first, as JSON lines (for `GetSamples`).
-/// `None` when `source` is not a known table.
-pub fn samples_json(
-    conn: &Connection,
-    source: &str,
-    since_ms: i64,
-    limit: u32,
-) -> Result<Option<String>, StoreError> {
-    let sql = match source {
-        "tegrastats" => "SELECT json_object('wall_ms', wall_ms, 'mono_ns', mono_ns, 'run_id', run_id, 'phase_id', phase_id, \
-             'sample', json(parsed), 'error', parse_error, 'raw', CAST(raw AS TEXT)) \
-             FROM tegrastats_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
-        "vmstat" => "SELECT json_object('wall_ms', wall_ms, 'mono_ns', mono_ns, 'run_id', run_id, 'phase_id', phase_id, \
-             'row', json(row)) FROM vmstat_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
-        "proc" => "SELECT json_object('wall_ms', wall_ms, 'run_id', run_id, 'phase_id', phase_id, 'model', model, \
-             'pid', pid, 'cpu_pct', cpu_pct, 'rss_kb', rss_kb) FROM proc_samples WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
-        "events" => "SELECT json_object('wall_ms', wall_ms, 'source', source, 'kind', kind, 'message', message, \
-             'run_id', run_id, 'phase_id', phase_id, 'model', model) FROM events WHERE wall_ms > ?1 ORDER BY id LIMIT ?2",
-        _ => return Ok(None),
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![since_ms, limit], |r| r.get::<_, String>(0))?;
-    let mut out = String::new();
-    for r in rows {
-        out.push_str(&r?);
-        out.push('\n');
-    }
-    Ok(Some(out))
 }

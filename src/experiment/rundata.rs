@@ -14,6 +14,9 @@ use crate::experiment::protocol::OutputDigest;
 use crate::store::{self, StoreError};
 use crate::telemetry::summary::{self, GpuPoint, SummaryOptions, VmPoint, Window};
 
+/// A model's stored result in one phase: digest, digest values, status, error.
+type PhaseModelRecord = (Option<String>, Vec<OutputDigest>, String, Option<String>);
+
 struct PhaseRow {
     id: i64,
     idx: u32,
@@ -77,10 +80,7 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
         .collect::<Result<_, _>>()?;
 
     // Reference outputs per model: its first alone, MPS-off phase, else its first phase.
-    let mut digests: BTreeMap<
-        (i64, String),
-        (Option<String>, Vec<OutputDigest>, String, Option<String>),
-    > = BTreeMap::new();
+    let mut digests: BTreeMap<(i64, String), PhaseModelRecord> = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
             "SELECT pm.phase_id, pm.model, pm.digest, pm.digest_values, pm.status, pm.error \

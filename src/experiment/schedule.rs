@@ -19,10 +19,13 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn parse(expr: &str) -> Result<Self, ScheduleError> {
-        let cron = croner::Cron::new(expr).with_seconds_optional().parse().map_err(|e| ScheduleError {
-            expr: expr.to_string(),
-            reason: e.to_string(),
-        })?;
+        let cron = croner::Cron::new(expr)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| ScheduleError {
+                expr: expr.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Schedule {
             expr: expr.to_string(),
             cron,
@@ -79,7 +82,10 @@ mod tests {
     fn optional_seconds_field() {
         let s = Schedule::parse("*/10 * * * * *").unwrap();
         let t = Utc.with_ymd_and_hms(2026, 12, 4, 20, 0, 1).unwrap();
-        assert_eq!(s.next_after(&t).unwrap(), Utc.with_ymd_and_hms(2026, 12, 4, 20, 0, 10).unwrap());
+        assert_eq!(
+            s.next_after(&t).unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 4, 20, 0, 10).unwrap()
+        );
     }
 
     #[test]
