@@ -87,7 +87,8 @@ clippy:
 lint: check-fmt clippy
 
 test: deps lint
-	MPSLAB_TEST_CACHE=$(CACHE) $(CARGO) test --all-targets -- --test-threads=2
+	# RUST_TEST_THREADS rather than --test-threads: criterion benches run in test mode reject unknown flags.
+	MPSLAB_TEST_CACHE=$(CACHE) RUST_TEST_THREADS=2 $(CARGO) test --all-targets
 	@echo "make test: all checks passed"
 
 demo: deps build
