@@ -24,7 +24,7 @@ APT_PACKAGES := dbus systemd sqlite3 procps util-linux libglib2.0-bin
 ORT_LIB := $(CACHE)/ort/libonnxruntime.so
 MODELS := $(CACHE)/models
 
-.PHONY: all build release test demo deps apt-deps pydeps models lint clean check-fmt clippy
+.PHONY: all build release test demo bench deps apt-deps pydeps models lint clean check-fmt clippy
 
 all: build
 
@@ -90,6 +90,12 @@ test: deps lint
 	# RUST_TEST_THREADS rather than --test-threads: criterion benches run in test mode reject unknown flags.
 	MPSLAB_TEST_CACHE=$(CACHE) RUST_TEST_THREADS=2 $(CARGO) test --all-targets
 	@echo "make test: all checks passed"
+
+# Benchmarks: criterion (parser, vmstat, report) and the scripted ones; figures are in README.md.
+bench: deps release
+	$(CARGO) bench --bench tegrastats --bench vmstat --bench report --bench store
+	MPSLAB_BIN=target/release bash benches/daemon_footprint.sh
+	$(MAKE) bench-worker
 
 demo: deps build
 	bash scripts/demo.sh

@@ -50,7 +50,7 @@ fn ready_after_name_owned_and_clean_exit_on_sigterm() {
     let conn = rusqlite::Connection::open(cfg.db()).unwrap();
     let stopped: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM events WHERE kind='stopped'",
+            "SELECT COUNT(*) FROM events WHERE source='daemon' AND kind='stopped'",
             [],
             |r| r.get(0),
         )
