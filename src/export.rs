@@ -656,7 +656,8 @@ async fn write_once(
 }
 
 /// Keeps `export.textfile` current until `cancel`, then leaves it saying `mpslab_up 0`.
-/// Does nothing while the setting is unset; a reload that sets or moves it takes effect at once.
+/// Does nothing while the setting is unset; a reload that sets, moves or unsets it takes effect
+/// at once (the file written before is removed).
 /// Errors are logged (once per distinct error) and retried at the next refresh.
 pub async fn run(
     mut config: watch::Receiver<Arc<Config>>,
@@ -668,8 +669,18 @@ pub async fn run(
     let mut last_error: Option<String> = None;
     let mut config_open = true;
     let mut status_open = true;
+    // The file this task last wrote: a reload that moves or unsets the setting removes it, so
+    // node-exporter does not serve its frozen values forever.
+    let mut written: Option<PathBuf> = None;
     loop {
         let path = config.borrow_and_update().export.textfile.clone();
+        if let Some(old) = written.take_if(|old| Some(&*old) != path.as_ref()) {
+            match tokio::fs::remove_file(&old).await {
+                Ok(()) => tracing::info!("export: removed {} (setting changed)", old.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("export: cannot remove old {}: {e}", old.display()),
+            }
+        }
         let Some(path) = path else {
             if !config_open {
                 // The setting can no longer change: nothing will ever be exported.
@@ -686,6 +697,7 @@ pub async fn run(
         let snapshot = status.borrow_and_update().clone();
         let outcome = write_once(&path, true, &snapshot, &reader, &mut cache).await;
         report(&path, outcome, &mut last_error);
+        written = Some(path.clone());
 
         tokio::select! {
             _ = cancel.cancelled() => {

@@ -430,6 +430,20 @@ async fn task_follows_config_and_status_and_marks_shutdown() {
     })
     .await;
 
+    // Moved by a reload: the new file is written and the old one removed, so node-exporter
+    // does not keep serving it.
+    let moved = out.join("moved.prom");
+    let mut cfg = Config::default();
+    cfg.export.textfile = Some(moved.clone());
+    cfg_tx.send(Arc::new(cfg)).unwrap();
+    poll_file(&moved, "moved", |t| t.contains("mpslab_active_run_id 5\n")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while path.exists() {
+        assert!(std::time::Instant::now() < deadline, "old file not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = moved;
+
     // Shutdown leaves a file that says the daemon is down.
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(30), task)
@@ -442,5 +456,5 @@ async fn task_follows_config_and_status_and_marks_shutdown() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("mpslab.prom")]);
+    assert_eq!(names, vec![std::ffi::OsString::from("moved.prom")]);
 }
