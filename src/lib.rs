@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod error;
 pub mod exit;
 pub mod experiment;
+pub mod export;
 pub mod logging;
 pub mod mps;
 pub mod notify;
