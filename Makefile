@@ -88,7 +88,7 @@ lint: check-fmt clippy
 
 test: deps lint
 	# RUST_TEST_THREADS rather than --test-threads: criterion benches run in test mode reject unknown flags.
-	MPSLAB_TEST_CACHE=$(CACHE) RUST_TEST_THREADS=2 $(CARGO) test --all-targets
+	MPSLAB_TEST_CACHE=$(CACHE) RUST_TEST_THREADS=2 $(CARGO) test --all-targets --no-fail-fast
 	@echo "make test: all checks passed"
 
 # Benchmarks: criterion (parser, vmstat, report) and the scripted ones; figures are in README.md.
