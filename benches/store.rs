@@ -25,7 +25,10 @@ fn row(i: u64) -> TegraRow {
 }
 
 fn writer(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("store");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     const N: u64 = 2000;

@@ -701,7 +701,12 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     ));
     tracker.spawn(schedules(config_rx.clone(), cmd_tx.clone(), cancel.clone()));
     tracker.spawn(retention(config_rx.clone(), writer.clone(), cancel.clone()));
-    tracker.spawn(crate::export::run(config_rx.clone(), status_rx.clone(), reader.clone(), cancel.clone()));
+    tracker.spawn(crate::export::run(
+        config_rx.clone(),
+        status_rx.clone(),
+        reader.clone(),
+        cancel.clone(),
+    ));
 
     writer
         .event(EventRow::new(

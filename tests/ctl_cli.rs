@@ -11,7 +11,10 @@ use common::*;
 #[test]
 fn completions_and_man_pages_come_from_the_cli_definition() {
     for shell in ["bash", "zsh", "fish"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_mpslabctl")).args(["completions", shell]).output().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_mpslabctl"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert!(o.status.success());
         let text = String::from_utf8_lossy(&o.stdout);
         for sub in ["status", "report", "parse-tegrastats", "cancel"] {
@@ -19,10 +22,18 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_mpslabctl")).arg("man").arg(dir.path()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mpslabctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", out_text(&o));
     let page = std::fs::read_to_string(dir.path().join("mpslabctl.1")).unwrap();
-    assert!(page.starts_with(".ie") || page.contains(".TH mpslabctl"), "{}", &page[..200.min(page.len())]);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH mpslabctl"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
     assert!(page.contains("parse\\-tegrastats") || page.contains("parse-tegrastats"));
 }
 
@@ -35,12 +46,19 @@ fn experiment(name: &str, extra: &str) -> String {
 #[test]
 fn run_wait_exits_1_when_the_run_fails() {
     let bus = Bus::session();
-    let cfg = TestConfig::new(&(real_models_toml() + &experiment("doomed", "iterations = 100000000\nphase_timeout_s = 2\n")));
+    let cfg = TestConfig::new(
+        &(real_models_toml()
+            + &experiment("doomed", "iterations = 100000000\nphase_timeout_s = 2\n")),
+    );
     let mut d = Daemon::spawn(&bus, &cfg, None, &[]);
     d.wait_ready(&bus);
     let o = ctl(&bus, &["run", "doomed", "--wait"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("failed"), "{}", out_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("failed"),
+        "{}",
+        out_text(&o)
+    );
     assert!(d.is_running());
 }
 
@@ -67,7 +85,8 @@ fn compare_two_boards_from_their_database_files() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", out_text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
     assert!(v.to_string().contains("cls"), "{v}");
     let o = Command::new(env!("CARGO_BIN_EXE_mpslabctl"))
         .args(["report", "9", "--db"])

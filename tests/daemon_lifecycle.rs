@@ -176,3 +176,34 @@ fn second_instance_fails_while_the_name_is_owned() {
     assert_eq!(status.code(), Some(1), "{}", second.log_text());
     assert!(first.is_running());
 }
+
+#[test]
+fn the_daemon_keeps_the_prometheus_textfile_current() {
+    let bus = Bus::session();
+    let dir = tempfile::tempdir().unwrap();
+    let prom = dir.path().join("mpslab.prom");
+    let cfg = TestConfig::new(&format!("[export]\ntextfile = \"{}\"\n", prom.display()));
+    let mut d = Daemon::spawn(&bus, &cfg, None, &[]);
+    d.wait_ready(&bus);
+    let text = poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(&prom)
+            .ok()
+            .filter(|t| t.contains("mpslab_up 1"))
+    })
+    .unwrap_or_else(|| panic!("no textfile:\n{}", d.log_text()));
+    assert!(
+        text.contains("mpslab_mps_state{state=\"unavailable\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mpslab_sampler_up{"), "{text}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let last = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        last.contains("mpslab_up 0"),
+        "a stopped daemon says so: {last}"
+    );
+}
