@@ -1,23 +1,20 @@
 # Debian package `mpslab` (debian/): `make deb` (amd64) and `make deb-arm64` (cross, for Jetson).
 # Both reuse cargo's release build (`make release` for amd64), refuse binaries that need a glibc
 # newer than 2.35 (scripts/check-glibc.sh, run from debian/rules) and fail on any lintian error or
-# warning. Packages land in $(DEB_OUT)/. tests/deb_install.rs and tests/arm64_qemu.rs use them.
+# warning. Packages land in $CARGO_TARGET_DIR/deb (default target/deb), where tests/deb_install.rs
+# finds the amd64 one; tests/arm64_qemu.rs runs target/aarch64-unknown-linux-gnu/release/*.
 DEB_APT_PACKAGES := debhelper lintian qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
 DEB_ARM64_TARGET := aarch64-unknown-linux-gnu
-DEB_TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
-DEB_OUT = $(DEB_TARGET_DIR)/deb
 
 .PHONY: deb deb-arm64 deb-deps deb-apt-deps deb-rust-target deb-test-prereqs
 
-deb-apt-deps: $(CACHE)/deb-apt.stamp
-$(CACHE)/deb-apt.stamp:
-	mkdir -p $(CACHE)
-	missing=""; for p in $(DEB_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Checked every time (dpkg -s is cheap), so a removed package is noticed; apt only when missing.
+deb-apt-deps:
+	@missing=""; for p in $(DEB_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	touch $@
 
 # The toolchain's own rust-std for the target; rustup pins it to the installed rustc.
 deb-rust-target:
