@@ -230,7 +230,16 @@ fn package_installs_runs_keeps_conffile_and_purges_clean() {
         "{WANTS_LINK} -> {}",
         wants.display()
     );
-    let installed_files = dpkg(&["-L", "mpslab"]);
+    // What purge must take away: every file, and every directory that is mpslab's alone.
+    let owned: Vec<String> = dpkg(&["-L", "mpslab"])
+        .lines()
+        .filter(|l| match std::fs::symlink_metadata(l) {
+            Ok(m) => m.is_file() || (m.is_dir() && l.contains("mpslab")),
+            Err(_) => false,
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(owned.len() > PACKAGE_FILES.len(), "dpkg -L: {owned:?}");
 
     // The installed configuration is valid as shipped.
     let check = run_ok(Command::new("/usr/bin/mpslabd").arg("--check-config"));
@@ -349,15 +358,8 @@ fn package_installs_runs_keeps_conffile_and_purges_clean() {
         None,
         "dpkg still knows mpslab after purge"
     );
-    for line in installed_files.lines() {
-        let p = Path::new(line);
-        // Shared directories (/usr, /etc/systemd, ...) stay; everything mpslab-only goes.
-        if line.contains("mpslab") || p.is_file() || p.is_symlink() {
-            assert!(
-                !p.exists() && !p.is_symlink(),
-                "{line} left behind after purge"
-            );
-        }
+    for p in &owned {
+        assert!(!Path::new(p).exists(), "{p} left behind after purge");
     }
     for gone in [
         "/etc/mpslab",
