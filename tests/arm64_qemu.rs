@@ -115,7 +115,7 @@ fn check_config_accepts_good_and_rejects_bad_with_78() {
     assert!(out.status.success(), "good config refused: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 
-    let bad = TestConfig::new("[telemetry]\ntegrastat_path = \"/x\"\n");
+    let bad = TestConfig::new("[runtime]\nprovder = \"cpu\"\n");
     let out = qemu(
         &daemon,
         &["--check-config", "--config", bad.path.to_str().unwrap()],
@@ -123,7 +123,7 @@ fn check_config_accepts_good_and_rejects_bad_with_78() {
     );
     assert_eq!(out.status.code(), Some(78), "bad config: {out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tegrastat_path"),
+        String::from_utf8_lossy(&out.stderr).contains("provder"),
         "the error does not name the key: {out:?}"
     );
 }
