@@ -86,7 +86,7 @@ clippy:
 
 lint: check-fmt clippy
 
-test: deps lint
+test: deps lint deb-test-prereqs
 	# RUST_TEST_THREADS rather than --test-threads: criterion benches run in test mode reject unknown flags.
 	MPSLAB_TEST_CACHE=$(CACHE) RUST_TEST_THREADS=2 $(CARGO) test --all-targets --no-fail-fast
 	@echo "make test: all checks passed"
