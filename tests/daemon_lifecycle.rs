@@ -185,17 +185,22 @@ fn the_daemon_keeps_the_prometheus_textfile_current() {
     let cfg = TestConfig::new(&format!("[export]\ntextfile = \"{}\"\n", prom.display()));
     let mut d = Daemon::spawn(&bus, &cfg, None, &[]);
     d.wait_ready(&bus);
-    let text = poll(Duration::from_secs(10), || {
-        std::fs::read_to_string(&prom)
-            .ok()
-            .filter(|t| t.contains("mpslab_up 1"))
+    // The file follows the status: MPS unavailable (no binary) and the samplers' states.
+    let current = |t: &String| {
+        t.contains("mpslab_up 1")
+            && t.contains("mpslab_mps_state{state=\"unavailable\"} 1")
+            && t.contains("mpslab_sampler_up{sampler=\"tegrastats\",state=\"unavailable\"} 0")
+    };
+    poll(Duration::from_secs(20), || {
+        std::fs::read_to_string(&prom).ok().filter(current)
     })
-    .unwrap_or_else(|| panic!("no textfile:\n{}", d.log_text()));
-    assert!(
-        text.contains("mpslab_mps_state{state=\"unavailable\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("mpslab_sampler_up{"), "{text}");
+    .unwrap_or_else(|| {
+        panic!(
+            "textfile not current: {:?}\n{}",
+            std::fs::read_to_string(&prom),
+            d.log_text()
+        )
+    });
     d.signal(Signal::SIGTERM);
     assert_eq!(
         d.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
