@@ -35,10 +35,6 @@ const TERM_GRACE: Duration = Duration::from_millis(1500);
 const KILL_WAIT: Duration = Duration::from_millis(2000);
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
 const ERROR_TAIL_CHARS: usize = 2000;
-/// Variables that must never reach a worker even if a caller's explicit env carries them
-/// (systemd's notify/watchdog protocol belongs to the daemon alone).
-const NEVER_INHERITED: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
-
 /// One worker process of a phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpec {
@@ -358,7 +354,10 @@ impl Phase {
                 .envs(
                     w.env
                         .iter()
-                        .filter(|(k, _)| !NEVER_INHERITED.iter().any(|n| k == n))
+                        .filter(
+                            |(k, _)| // Even an explicit env never passes systemd's notify/watchdog variables on.
+                        !crate::notify::CHILD_ENV_DENYLIST.iter().any(|n| k == n),
+                        )
                         .map(|(k, v)| (k, v)),
                 )
                 .stdin(Stdio::piped())

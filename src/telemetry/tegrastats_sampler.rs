@@ -478,14 +478,9 @@ fn command(cfg: &TegraSamplerConfig) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env_remove("NOTIFY_SOCKET");
-    // systemd's watchdog belongs to the daemon; a child that saw it could ping on our behalf.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WATCHDOG_") {
-            cmd.env_remove(key);
-        }
-    }
+        .kill_on_drop(true);
+    // systemd's notify socket and watchdog belong to the daemon alone.
+    crate::notify::scrub_child_env(&mut cmd);
     cmd
 }
 
