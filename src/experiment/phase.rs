@@ -354,10 +354,8 @@ impl Phase {
                 .envs(
                     w.env
                         .iter()
-                        .filter(
-                            |(k, _)| // Even an explicit env never passes systemd's notify/watchdog variables on.
-                        !crate::notify::CHILD_ENV_DENYLIST.iter().any(|n| k == n),
-                        )
+                        // Even an explicit env never passes systemd's notify/watchdog on.
+                        .filter(|(k, _)| !crate::notify::CHILD_ENV_DENYLIST.iter().any(|n| k == n))
                         .map(|(k, v)| (k, v)),
                 )
                 .stdin(Stdio::piped())
