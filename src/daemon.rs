@@ -545,15 +545,8 @@ impl State {
                 error: None,
             })
             .await;
-        if let Ok(iface) = self
-            .bus
-            .object_server()
-            .interface::<_, dbus::Manager>(dbus::OBJECT_PATH)
-            .await
-        {
-            let _ =
-                dbus::Manager::run_started(iface.signal_emitter(), q.id as u64, &q.experiment.name)
-                    .await;
+        if let Ok(e) = dbus::emitter(&self.bus) {
+            let _ = dbus::Manager::run_started(&e, q.id as u64, &q.experiment.name).await;
         }
         let runner = self.runner.clone();
         let cfg = self.config.borrow().clone();
@@ -570,13 +563,8 @@ impl State {
     }
 
     async fn emit_finished(&self, id: i64, status: &str) {
-        if let Ok(iface) = self
-            .bus
-            .object_server()
-            .interface::<_, dbus::Manager>(dbus::OBJECT_PATH)
-            .await
-        {
-            let _ = dbus::Manager::run_finished(iface.signal_emitter(), id as u64, status).await;
+        if let Ok(e) = dbus::emitter(&self.bus) {
+            let _ = dbus::Manager::run_finished(&e, id as u64, status).await;
         }
     }
 }
@@ -791,8 +779,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
             }
             Some(sig) = signals_rx.recv() => {
                 let RunSignal::Phase { run_id, phase, phases } = sig;
-                if let Ok(iface) = bus.object_server().interface::<_, dbus::Manager>(dbus::OBJECT_PATH).await {
-                    let _ = dbus::Manager::run_progress(iface.signal_emitter(), run_id, phase, phases).await;
+                if let Ok(e) = dbus::emitter(&bus) {
+                    let _ = dbus::Manager::run_progress(&e, run_id, phase, phases).await;
                 }
             }
             _ = housekeeping.tick() => {}

@@ -377,6 +377,11 @@ impl Manager {
     ) -> zbus::Result<()>;
 }
 
+/// The emitter for this service's signals (`RunStarted`, `RunProgress`, `RunFinished`, ...).
+pub fn emitter(conn: &Connection) -> zbus::Result<SignalEmitter<'static>> {
+    SignalEmitter::new(conn, OBJECT_PATH)
+}
+
 /// Emit `PropertiesChanged` for whatever differs between two snapshots.
 pub async fn emit_changes(conn: &Connection, old: &Status, new: &Status) -> zbus::Result<()> {
     let iface_ref = conn
