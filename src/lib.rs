@@ -16,6 +16,7 @@ pub mod mps;
 pub mod notify;
 pub mod store;
 pub mod telemetry;
+pub mod vision;
 
 /// The daemon's version, as reported on D-Bus and by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
