@@ -114,6 +114,8 @@ pub struct ValParams {
     pub max_det: usize,
     /// Precision, recall and F1 are reported for detections at or above this confidence.
     pub report_conf: f32,
+    /// Every class above `conf` becomes a candidate, not only the best one (Ultralytics val).
+    pub multi_label: bool,
 }
 
 impl Default for ValParams {
@@ -123,8 +125,40 @@ impl Default for ValParams {
             iou: 0.7,
             max_det: 300,
             report_conf: 0.25,
+            multi_label: true,
         }
     }
+}
+
+/// A decoded 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// How an image was fitted into the model input (Ultralytics `LetterBox`):
+/// `input = original * gain + (pad_x, pad_y)`; `pad_x`/`pad_y` are the left/top border in
+/// whole pixels, as `ops.scale_boxes` recomputes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub gain: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+    /// The model input's size (after stride padding, for dynamic inputs).
+    pub input_w: u32,
+    pub input_h: u32,
+    pub orig_w: u32,
+    pub orig_h: u32,
+}
+
+/// One output tensor of one inference, as f32.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputView<'a> {
+    pub name: &'a str,
+    pub shape: &'a [i64],
+    pub data: &'a [f32],
 }
 
 /// A problem with one dataset file; the file is skipped (or, for a missing label file, the
