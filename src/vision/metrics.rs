@@ -33,7 +33,11 @@
 //!   matching pycocotools' `bbIou` (`inter / union`, no +1 on widths); both in f64.
 //! * obb: the box similarity is Ultralytics `probiou` of the rotated boxes (a box without an
 //!   `rbox` is taken as axis-aligned), as Ultralytics' obb validator does.
-//! * seg: mask IoU at the original image resolution; ground-truth masks come from
+//! * Ultralytics' formulas are evaluated in f64 (Ultralytics runs them in float32 torch), so an
+//!   IoU within float32 rounding of a threshold may land on the other side; with the eps terms
+//!   kept (`1e-7` in box and mask IoU) an IoU of exactly a threshold counts as below it.
+//! * seg: mask IoU at the original image resolution (Ultralytics mode: `inter / (union + 1e-7)`,
+//!   COCO: `inter / union`); ground-truth masks come from
 //!   [`rasterize_polygon`]; a prediction without a mask has an empty one (IoU 0).
 //! * pose: keypoint similarity is Ultralytics `kpt_iou` (see [`oks`]) with object area = GT box
 //!   `w * h * 0.53`; sigmas are `MetricOptions::kpt_sigmas` when given with one sigma per
@@ -296,7 +300,8 @@ impl MetricsAccumulator {
                     .iter()
                     .map(|d| MaskStat::new(d.mask.clone().unwrap_or_else(|| empty.clone())))
                     .collect();
-                ctx.score(&mut self.masks, |g, p| gt_masks[g].iou(&pr_masks[p]));
+                let eps = if ultra { 1e-7 } else { 0.0 }; // Ultralytics `mask_iou` eps
+                ctx.score(&mut self.masks, |g, p| gt_masks[g].iou(&pr_masks[p], eps));
             }
             Task::Pose => {
                 let sigmas: Vec<Vec<f32>> = gts
@@ -738,7 +743,8 @@ impl MaskStat {
         }
     }
 
-    fn iou(&self, other: &MaskStat) -> f64 {
+    /// `inter / (union + eps)`, 0 when either mask is empty.
+    fn iou(&self, other: &MaskStat, eps: f64) -> f64 {
         if self.area == 0 || other.area == 0 {
             return 0.0;
         }
@@ -757,7 +763,7 @@ impl MaskStat {
                     .count() as u64;
             }
         }
-        inter as f64 / (self.area + other.area - inter) as f64
+        inter as f64 / ((self.area + other.area - inter) as f64 + eps)
     }
 }
 
@@ -765,7 +771,7 @@ impl MaskStat {
 /// Masks of different sizes are compared pixel by pixel where they overlap (top-left aligned);
 /// a mask whose data is not `width * height` bytes counts as empty.
 pub fn mask_iou(a: &Mask, b: &Mask) -> f32 {
-    MaskStat::new(a.clone()).iou(&MaskStat::new(b.clone())) as f32
+    MaskStat::new(a.clone()).iou(&MaskStat::new(b.clone()), 0.0) as f32
 }
 
 /// Rasterises a polygon (pixels of the original image) into a `width x height` mask: a pixel
