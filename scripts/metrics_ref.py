@@ -22,14 +22,13 @@ import contextlib
 import json
 import sys
 
-import numpy as np
-
 try:
+    import numpy as np
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 except ImportError as e:  # the Rust test turns this into a failure that names `make deps`
-    print(f"pycocotools is not importable ({e}); `make deps` installs it", file=sys.stderr)
+    print(f"pycocotools/numpy not importable ({e}); `make deps` installs them", file=sys.stderr)
     sys.exit(3)
 
 

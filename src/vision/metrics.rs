@@ -59,6 +59,7 @@
 //! Mismatched inputs (class labels for a detection task, box predictions for cls, …) never
 //! panic: the image is counted and the mismatched side is treated as empty.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -289,7 +290,9 @@ impl MetricsAccumulator {
             Task::Seg => {
                 let gt_masks: Vec<MaskStat> = gts
                     .iter()
-                    .map(|g| MaskStat::new(rasterize_polygon(&g.polygon, image_w, image_h)))
+                    .map(|g| {
+                        MaskStat::new(Cow::Owned(rasterize_polygon(&g.polygon, image_w, image_h)))
+                    })
                     .collect();
                 let empty = Mask {
                     width: image_w,
@@ -298,7 +301,9 @@ impl MetricsAccumulator {
                 };
                 let pr_masks: Vec<MaskStat> = preds
                     .iter()
-                    .map(|d| MaskStat::new(d.mask.clone().unwrap_or_else(|| empty.clone())))
+                    .map(|d| {
+                        MaskStat::new(d.mask.as_ref().map_or(Cow::Borrowed(&empty), Cow::Borrowed))
+                    })
                     .collect();
                 let eps = if ultra { 1e-7 } else { 0.0 }; // Ultralytics `mask_iou` eps
                 ctx.score(&mut self.masks, |g, p| gt_masks[g].iou(&pr_masks[p], eps));
@@ -706,34 +711,31 @@ fn bbox_rbox(b: &BBox) -> RBox {
 }
 
 /// A mask with its pixel count and the bounds of its set pixels, for fast pairwise IoU.
-struct MaskStat {
-    mask: Mask,
+/// Borrows predicted masks (full-resolution masks are large; no copies per image).
+struct MaskStat<'a> {
+    mask: Cow<'a, Mask>,
     area: u64,
     /// x0, y0, x1, y1 (exclusive) of the set pixels.
     bounds: (usize, usize, usize, usize),
 }
 
-impl MaskStat {
+impl<'a> MaskStat<'a> {
     /// A mask whose data does not hold `width * height` bytes counts as empty.
-    fn new(mask: Mask) -> MaskStat {
+    fn new(mask: Cow<'a, Mask>) -> MaskStat<'a> {
         let (w, h) = (mask.width as usize, mask.height as usize);
         let mut area = 0u64;
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
         if mask.data.len() == w * h && w > 0 {
             for (y, row) in mask.data.chunks_exact(w).enumerate() {
-                let mut row_any = false;
-                for (x, &v) in row.iter().enumerate() {
-                    if v != 0 {
-                        area += 1;
-                        row_any = true;
-                        x0 = x0.min(x);
-                        x1 = x1.max(x + 1);
-                    }
-                }
-                if row_any {
-                    y0 = y0.min(y);
-                    y1 = y + 1;
-                }
+                let Some(first) = row.iter().position(|&v| v != 0) else {
+                    continue;
+                };
+                let last = row.iter().rposition(|&v| v != 0).unwrap_or(first);
+                area += row[first..=last].iter().filter(|&&v| v != 0).count() as u64;
+                x0 = x0.min(first);
+                x1 = x1.max(last + 1);
+                y0 = y0.min(y);
+                y1 = y + 1;
             }
         }
         MaskStat {
@@ -771,7 +773,7 @@ impl MaskStat {
 /// Masks of different sizes are compared pixel by pixel where they overlap (top-left aligned);
 /// a mask whose data is not `width * height` bytes counts as empty.
 pub fn mask_iou(a: &Mask, b: &Mask) -> f32 {
-    MaskStat::new(a.clone()).iou(&MaskStat::new(b.clone()), 0.0) as f32
+    MaskStat::new(Cow::Borrowed(a)).iou(&MaskStat::new(Cow::Borrowed(b)), 0.0) as f32
 }
 
 /// Rasterises a polygon (pixels of the original image) into a `width x height` mask: a pixel
