@@ -1454,6 +1454,32 @@ mod tests {
     }
 
     #[test]
+    fn equal_iou_goes_to_the_later_ground_truth_in_both_recipes() {
+        // One prediction at IoU 0.6 with two GTs. numpy: pairs (0, 0), (1, 0) sorted ascending
+        // (stable) then reversed -> GT 1 first. pycocotools: `if iou < best: continue` lets the
+        // later GT replace an equal one. Either way GT 1 is taken, so GT 0 is free for pred 1.
+        let iou = [0.6, 0.55, 0.6, f64::NAN];
+        let t = iou_thresholds();
+        for tp in [
+            match_ultralytics(&iou, 2, 2, &t),
+            match_coco(&iou, 2, 2, &t),
+        ] {
+            assert_eq!((tp[0] & 1, tp[1] & 1), (1, 1), "{tp:?}");
+            // At 0.55 (index 1) pred 1 still reaches GT 0; at 0.6 (index 2) it does not.
+            assert_eq!((tp[1] >> 1 & 1, tp[1] >> 2 & 1), (1, 0), "{tp:?}");
+        }
+    }
+
+    #[test]
+    fn keypoint_sigmas_follow_ultralytics() {
+        assert_eq!(kpt_sigmas(None, 17), OKS_SIGMA.to_vec());
+        assert_eq!(kpt_sigmas(None, 4), vec![0.25; 4]);
+        assert_eq!(kpt_sigmas(Some(&[0.1, 0.2]), 2), vec![0.1, 0.2]);
+        // A configured list of the wrong length is not used.
+        assert_eq!(kpt_sigmas(Some(&[0.1, 0.2]), 4), vec![0.25; 4]);
+    }
+
+    #[test]
     fn thresholds_match_numpy_linspace() {
         let t = iou_thresholds();
         assert_eq!(t[0], 0.5);
