@@ -9,7 +9,9 @@
 //!   purpose, so numbers line up with `yolo val`: a perfect model scores mAP 0.995 (the
 //!   101-point trapezoid ends at recall 1 with precision 0), and after keeping each prediction's
 //!   best ground truth a ground truth goes to the prediction that comes first (highest score),
-//!   not to the one with the highest IoU.
+//!   not to the one with the highest IoU. Every prediction takes part (Ultralytics caps them
+//!   per image in NMS, `max_det`). `tests/vision_metrics_reference.rs` checks mAP and P/R/F1
+//!   against a numpy transcription of the Ultralytics functions.
 //! * **COCO** (`MetricOptions::coco`): pycocotools `COCOeval` for area range "all", no crowd
 //!   objects, `maxDets` 100 (the pycocotools default that `stats[0]`/`stats[1]` use: the 100
 //!   highest-scoring predictions per image *and class* take part, the rest are ignored).
