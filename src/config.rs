@@ -109,6 +109,38 @@ pub enum Task {
     Generic,
 }
 
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Cls => "cls",
+            Task::Detect => "detect",
+            Task::Pose => "pose",
+            Task::Seg => "seg",
+            Task::Obb => "obb",
+            Task::Generic => "generic",
+        }
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "cls" => Task::Cls,
+            "detect" => Task::Detect,
+            "pose" => Task::Pose,
+            "seg" => Task::Seg,
+            "obb" => Task::Obb,
+            "generic" => Task::Generic,
+            other => {
+                return Err(format!(
+                    "unknown task `{other}`; expected cls, detect, pose, seg, obb or generic"
+                ))
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
     pub name: String,
@@ -118,6 +150,12 @@ pub struct ModelConfig {
     pub dims: BTreeMap<String, i64>,
     /// Overrides `runtime.intra_threads` for this model.
     pub intra_threads: Option<u32>,
+    /// Validation experiments: a data.yaml (detect, pose, seg, obb) or an image-folder root (cls).
+    pub dataset: Option<PathBuf>,
+    /// Which split of the dataset validation walks: `val`, `test` or `train`.
+    pub split: String,
+    /// Post-processing and metric thresholds for validation.
+    pub val: crate::vision::ValParams,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,6 +173,17 @@ pub enum OnOff {
     On,
 }
 
+/// What an experiment measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExperimentKind {
+    /// Synthetic inputs in a timed loop: latency distributions and output digests.
+    #[default]
+    Latency,
+    /// One pass over each model's dataset: per-image pre/infer/post times and task metrics.
+    Validation,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
@@ -147,6 +196,7 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExperimentConfig {
     pub name: String,
+    pub kind: ExperimentKind,
     pub models: Vec<String>,
     pub modes: Vec<Mode>,
     pub mps: Vec<OnOff>,
@@ -321,12 +371,19 @@ struct FileModel {
     task: Option<Task>,
     dims: Option<BTreeMap<String, i64>>,
     intra_threads: Option<i64>,
+    dataset: Option<PathBuf>,
+    split: Option<String>,
+    conf: Option<f64>,
+    iou: Option<f64>,
+    max_det: Option<i64>,
+    report_conf: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileExperiment {
     name: Option<String>,
+    kind: Option<ExperimentKind>,
     models: Option<Vec<String>>,
     modes: Option<Vec<Mode>>,
     mps: Option<Vec<OnOff>>,
@@ -963,12 +1020,59 @@ fn build_model(ctx: &Ctx, name: &str, m: FileModel) -> Result<ModelConfig, Confi
             format!("dimension `{k}` must be positive, got {v}"),
         ));
     }
+    let fraction = |key: &str, v: Option<f64>, default: f32, zero_ok: bool| {
+        let v = v.unwrap_or(default as f64);
+        if v.is_finite() && v <= 1.0 && (v > 0.0 || (zero_ok && v == 0.0)) {
+            Ok(v as f32)
+        } else {
+            let range = if zero_ok { "0..=1" } else { "0 < value <= 1" };
+            Err(ctx.err(
+                &format!("{base}.{key}"),
+                format!("{v} is out of range; allowed {range}"),
+            ))
+        }
+    };
+    let defaults = crate::vision::ValParams::default();
+    let val = crate::vision::ValParams {
+        conf: fraction("conf", m.conf, defaults.conf, true)?,
+        iou: fraction("iou", m.iou, defaults.iou, false)?,
+        report_conf: fraction("report_conf", m.report_conf, defaults.report_conf, true)?,
+        max_det: match m.max_det {
+            None => defaults.max_det,
+            Some(v) if (1..=100_000).contains(&v) => v as usize,
+            Some(v) => {
+                return Err(ctx.err(
+                    &format!("{base}.max_det"),
+                    format!("{v} is out of range; allowed 1..=100000"),
+                ))
+            }
+        },
+        ..defaults
+    };
+    let split = m.split.unwrap_or_else(|| "val".into());
+    if !["val", "test", "train"].contains(&split.as_str()) {
+        return Err(ctx.err(
+            &format!("{base}.split"),
+            format!("unknown split `{split}`; expected val, test or train"),
+        ));
+    }
+    let dataset = m.dataset.map(|d| {
+        let file = ctx
+            .origins
+            .lookup(&format!("{base}.dataset"))
+            .map(|o| o.file.clone())
+            .unwrap_or_else(|| ctx.fallback.to_path_buf());
+        relative_to(&file, d)
+    });
     Ok(ModelConfig {
         name: name.to_string(),
         path: relative_to(&file, path),
         task: m.task.unwrap_or(Task::Generic),
         dims,
         intra_threads,
+        dataset,
+        split,
+        val,
     })
 }
 
@@ -996,8 +1100,15 @@ fn build_experiment(
                 None => Ok(None),
             }
         };
+    let kind = e.kind.unwrap_or_default();
     let iterations = nonneg("iterations", e.iterations, 1, 100_000_000)?;
     let duration_s = nonneg("duration_s", e.duration_s, 1, 86_400)?;
+    if kind == ExperimentKind::Validation && duration_s.is_some() {
+        return Err(ctx.err(
+            &k("duration_s"),
+            "a validation experiment walks each dataset once; use `iterations` to cap the images",
+        ));
+    }
     if iterations.is_some() && duration_s.is_some() {
         return Err(ctx.err(
             &k("duration_s"),
@@ -1055,13 +1166,15 @@ fn build_experiment(
     }
     Ok(ExperimentConfig {
         name: name.to_string(),
+        kind,
         models,
         modes,
         mps,
-        iterations: if duration_s.is_none() {
-            Some(iterations.unwrap_or(500))
-        } else {
-            None
+        iterations: match kind {
+            // Validation: `iterations` caps the images; none means the whole split.
+            ExperimentKind::Validation => iterations,
+            ExperimentKind::Latency if duration_s.is_none() => Some(iterations.unwrap_or(500)),
+            ExperimentKind::Latency => None,
         },
         duration_s,
         warmup: nonneg("warmup", e.warmup, 0, 1_000_000)?.unwrap_or(50),
@@ -1097,6 +1210,29 @@ fn validate(ctx: &Ctx, cfg: &Config) -> Result<(), ConfigError> {
                     &format!("experiment[{}].models", e.name),
                     format!("unknown model `{m}`{hint}"),
                 ));
+            }
+        }
+        if e.kind == ExperimentKind::Validation {
+            for model in e.models.iter().filter_map(|m| cfg.model(m)) {
+                let base = format!("model[{}]", model.name);
+                if model.task == Task::Generic {
+                    return Err(ctx.err(
+                        &format!("{base}.task"),
+                        format!(
+                            "validation experiment `{}` needs model `{}` to have a task: cls, detect, pose, seg or obb",
+                            e.name, model.name
+                        ),
+                    ));
+                }
+                if model.dataset.is_none() {
+                    return Err(ctx.err(
+                        &base,
+                        format!(
+                            "validation experiment `{}` needs model `{}` to have a `dataset` (a data.yaml, or an image-folder root for cls)",
+                            e.name, model.name
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -1233,6 +1369,51 @@ mod tests {
             c.model("b").unwrap().path,
             PathBuf::from("/etc/mpslab/conf.d/b.onnx")
         );
+    }
+
+    #[test]
+    fn validation_keys_parse_with_ultralytics_defaults() {
+        let c = load_sources(&[(
+            PathBuf::from("/etc/mpslab/conf.d/20-acc.toml"),
+            "[[model]]\nname = \"det\"\npath = \"/m/det.onnx\"\ntask = \"detect\"\n\
+             dataset = \"coco8/data.yaml\"\niou = 0.6\nmax_det = 100\n\
+             [[model]]\nname = \"cls\"\npath = \"/m/cls.onnx\"\ntask = \"cls\"\n\
+             dataset = \"/data/imagenet10\"\nsplit = \"test\"\n\
+             [[experiment]]\nname = \"acc\"\nkind = \"validation\"\nmodels = [\"det\", \"cls\"]\n\
+             iterations = 50\n"
+                .into(),
+        )])
+        .unwrap();
+        let det = c.model("det").unwrap();
+        // Relative to the file that names it, like model paths.
+        assert_eq!(
+            det.dataset.as_deref(),
+            Some(Path::new("/etc/mpslab/conf.d/coco8/data.yaml"))
+        );
+        assert_eq!(det.split, "val");
+        assert_eq!(
+            (det.val.conf, det.val.iou, det.val.max_det),
+            (0.001, 0.6, 100)
+        );
+        assert_eq!(det.val.report_conf, 0.25);
+        assert_eq!(c.model("cls").unwrap().split, "test");
+        let e = c.experiment("acc").unwrap();
+        assert_eq!(e.kind, ExperimentKind::Validation);
+        assert_eq!(e.iterations, Some(50), "caps the images");
+        // Latency stays the default kind.
+        let c = load_one("[[model]]\nname = \"a\"\npath = \"/m/a.onnx\"\n[[experiment]]\nname = \"e\"\nmodels = [\"a\"]\n").unwrap();
+        assert_eq!(c.experiment("e").unwrap().kind, ExperimentKind::Latency);
+    }
+
+    #[test]
+    fn validation_needs_a_task() {
+        let e = load_one(
+            "[[model]]\nname = \"g\"\npath = \"/m/g.onnx\"\ndataset = \"/d\"\n\
+             [[experiment]]\nname = \"acc\"\nkind = \"validation\"\nmodels = [\"g\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "model[g].task", "{e}");
+        assert!(e.message.contains("needs model `g` to have a task"), "{e}");
     }
 
     #[test]

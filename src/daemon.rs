@@ -247,25 +247,29 @@ async fn validate(
     for m in &exp.models {
         let Some(model) = cfg.model(m) else { continue };
         let mut cmd = tokio::process::Command::new(&worker);
-        cmd.args(orchestrator::worker_args(&cfg, model))
-            .args([
-                "--iterations",
-                "1",
-                "--warmup",
-                "0",
-                "--digest-inputs",
-                "0",
-                "--autostart",
-            ])
-            .env_clear()
-            .envs(crate::mps::worker_env(
-                std::env::vars_os(),
-                &crate::mps::MpsClientMode::Off,
-            ))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(orchestrator::worker_args(&cfg, model));
+        if exp.kind == crate::config::ExperimentKind::Validation {
+            // Opens the dataset and checks the outputs fit the task, on one image.
+            cmd.args(orchestrator::validation_args(model, None));
+        }
+        cmd.args([
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--digest-inputs",
+            "0",
+            "--autostart",
+        ])
+        .env_clear()
+        .envs(crate::mps::worker_env(
+            std::env::vars_os(),
+            &crate::mps::MpsClientMode::Off,
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
         let out = match tokio::time::timeout(Duration::from_secs(300), cmd.output()).await {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => {

@@ -50,7 +50,8 @@ pub fn now_ms() -> i64 {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs(
     id INTEGER PRIMARY KEY,
     experiment TEXT NOT NULL,
@@ -155,7 +156,16 @@ CREATE TABLE events(
     model TEXT
 );
 CREATE INDEX events_wall ON events(wall_ms);
-"#];
+"#,
+    r#"
+-- Validation experiments: the pre/infer/post split of each image, and per model the metrics,
+-- prediction digest and per-file dataset issues (JSON of protocol::ValidationSummary).
+ALTER TABLE iterations ADD COLUMN pre_ns INTEGER;
+ALTER TABLE iterations ADD COLUMN infer_ns INTEGER;
+ALTER TABLE iterations ADD COLUMN post_ns INTEGER;
+ALTER TABLE phase_models ADD COLUMN validation TEXT;
+"#,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -419,6 +429,8 @@ pub struct PhaseModelRow {
     pub rss_kb_max: Option<i64>,
     pub error: Option<String>,
     pub stderr_tail: Option<String>,
+    /// Validation: JSON of the worker's `ValidationSummary`.
+    pub validation: Option<String>,
 }
 
 /// One measured iteration: index, start (CLOCK_MONOTONIC ns), duration (ns), inside the window.
@@ -428,6 +440,8 @@ pub struct IterationRow {
     pub start_ns: u64,
     pub dur_ns: u64,
     pub in_window: bool,
+    /// Validation: (preprocess, inference, postprocess) ns.
+    pub stages: Option<(u64, u64, u64)>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -755,11 +769,11 @@ fn commit_batch(conn: &mut Connection, batch: &mut [WriteOp]) -> Result<usize, r
             }
             WriteOp::PhaseModel(m) => {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO phase_models(phase_id, model, status, pid, exit_status, digest, digest_values, cpu_pct_avg, cpu_pct_max, rss_kb_max, error, stderr_tail) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                    "INSERT OR REPLACE INTO phase_models(phase_id, model, status, pid, exit_status, digest, digest_values, cpu_pct_avg, cpu_pct_max, rss_kb_max, error, stderr_tail, validation) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
                 )?
                 .execute(params![
                     m.phase_id, m.model, m.status, m.pid, m.exit_status, m.digest, m.digest_values,
-                    m.cpu_pct_avg, m.cpu_pct_max, m.rss_kb_max, m.error, m.stderr_tail
+                    m.cpu_pct_avg, m.cpu_pct_max, m.rss_kb_max, m.error, m.stderr_tail, m.validation
                 ])?;
             }
             WriteOp::Iterations {
@@ -768,7 +782,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut [WriteOp]) -> Result<usize, r
                 rows,
             } => {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO iterations(phase_id, model, idx, start_ns, dur_ns, in_window) VALUES(?1,?2,?3,?4,?5,?6)",
+                    "INSERT OR REPLACE INTO iterations(phase_id, model, idx, start_ns, dur_ns, in_window, pre_ns, infer_ns, post_ns) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
                 )?;
                 for r in rows {
                     stmt.execute(params![
@@ -777,7 +791,10 @@ fn commit_batch(conn: &mut Connection, batch: &mut [WriteOp]) -> Result<usize, r
                         r.idx as i64,
                         r.start_ns as i64,
                         r.dur_ns as i64,
-                        r.in_window
+                        r.in_window,
+                        r.stages.map(|s| s.0 as i64),
+                        r.stages.map(|s| s.1 as i64),
+                        r.stages.map(|s| s.2 as i64),
                     ])?;
                 }
             }
@@ -1000,6 +1017,7 @@ mod tests {
                     start_ns: i * 100,
                     dur_ns: 50,
                     in_window: true,
+                    stages: None,
                 })
                 .collect(),
         })

@@ -73,6 +73,7 @@ fn spec(workers: Vec<WorkerSpec>, iterations: u64) -> PhaseSpec {
         phase_timeout: Duration::from_secs(120),
         stall_timeout: Duration::from_secs(20),
         progress: None,
+        self_paced: false,
     }
 }
 

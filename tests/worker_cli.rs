@@ -211,7 +211,7 @@ fn int64_and_int32_inputs_run_with_symbolic_dims() {
         .stdout
         .iter()
         .map(|m| match m {
-            WorkerMsg::Records { records } => records.len(),
+            WorkerMsg::Records { records, .. } => records.len(),
             _ => 0,
         })
         .sum();
@@ -274,7 +274,7 @@ impl Live {
         let mut digests = 0;
         loop {
             match self.next() {
-                WorkerMsg::Records { records: r } => records.extend(r.iter().map(|r| r.index)),
+                WorkerMsg::Records { records: r, .. } => records.extend(r.iter().map(|r| r.index)),
                 WorkerMsg::Digests { digests: d } => digests = d.len(),
                 WorkerMsg::Done { iterations, reason } => {
                     assert_eq!(iterations as usize, records.len());
@@ -312,7 +312,7 @@ fn protocol_ready_go_at_deadline_records_stop_digests_done() {
     let mut first_start = None;
     while indices.len() < 20 {
         match w.next() {
-            WorkerMsg::Records { records } => {
+            WorkerMsg::Records { records, .. } => {
                 first_start.get_or_insert(records[0].start_ns);
                 for r in &records {
                     assert!(r.duration_ns > 0);
@@ -342,7 +342,7 @@ fn sigterm_ends_the_loop_cleanly() {
     let mut w = Live::start(&[]);
     assert!(matches!(w.next(), WorkerMsg::Ready { .. }));
     w.send(ParentMsg::Go { start_at_ns: None });
-    let WorkerMsg::Records { records } = w.next() else {
+    let WorkerMsg::Records { records, .. } = w.next() else {
         panic!("expected records")
     };
     let t = Instant::now();
@@ -363,7 +363,7 @@ fn closing_stdin_means_the_parent_is_gone() {
     let mut w = Live::start(&[]);
     assert!(matches!(w.next(), WorkerMsg::Ready { .. }));
     w.send(ParentMsg::Go { start_at_ns: None });
-    let WorkerMsg::Records { records } = w.next() else {
+    let WorkerMsg::Records { records, .. } = w.next() else {
         panic!("expected records")
     };
     drop(w.child.stdin.take());
@@ -406,7 +406,7 @@ fn duration_limit_stops_the_loop() {
         .stdout
         .iter()
         .flat_map(|m| match m {
-            WorkerMsg::Records { records } => records.iter().map(|r| r.start_ns).collect(),
+            WorkerMsg::Records { records, .. } => records.iter().map(|r| r.start_ns).collect(),
             _ => Vec::new(),
         })
         .collect();

@@ -8,4 +8,5 @@ pub mod protocol;
 pub mod report;
 pub mod rundata;
 pub mod schedule;
+pub mod validation;
 pub mod worker;

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ExperimentConfig, FailurePolicy, ModelConfig, Provider};
+use crate::config::{
+    Config, ExperimentConfig, ExperimentKind, FailurePolicy, ModelConfig, Provider,
+};
 use crate::experiment::phase::{self, PhaseProgress, PhaseSpec, WorkerSpec};
 use crate::experiment::plan::{mode_str, PhasePlan, Plan};
 use crate::mps::{worker_env, MpsClientMode, MpsManager, MpsState};
@@ -89,6 +91,37 @@ pub fn worker_args(cfg: &Config, model: &ModelConfig) -> Vec<OsString> {
         if cfg.runtime.trt_fp16 {
             args.push("--trt-fp16".into());
         }
+    }
+    args
+}
+
+/// Extra arguments that make a worker walk `model`'s dataset in a validation experiment.
+/// `images` caps the images (the experiment's `iterations`).
+pub fn validation_args(model: &ModelConfig, images: Option<u64>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let Some(dataset) = &model.dataset else {
+        return args;
+    };
+    let v = &model.val;
+    args.extend([
+        "--task".into(),
+        model.task.as_str().into(),
+        "--dataset".into(),
+        dataset.clone().into(),
+        "--split".into(),
+        model.split.clone().into(),
+        "--conf".into(),
+        v.conf.to_string().into(),
+        "--iou".into(),
+        v.iou.to_string().into(),
+        "--max-det".into(),
+        v.max_det.to_string().into(),
+        "--report-conf".into(),
+        v.report_conf.to_string().into(),
+    ]);
+    if let Some(n) = images {
+        args.push("--iterations".into());
+        args.push(n.to_string().into());
     }
     args
 }
@@ -282,7 +315,14 @@ impl Runner {
             workers.push(WorkerSpec {
                 model: name.clone(),
                 worker_bin: self.worker_bin.clone(),
-                args: worker_args(cfg, model),
+                args: match exp.kind {
+                    ExperimentKind::Latency => worker_args(cfg, model),
+                    ExperimentKind::Validation => {
+                        let mut args = worker_args(cfg, model);
+                        args.extend(validation_args(model, exp.iterations));
+                        args
+                    }
+                },
                 env: worker_env(base_env.clone(), &mode),
             });
         }
@@ -298,6 +338,7 @@ impl Runner {
             phase_timeout: Duration::from_secs(exp.phase_timeout_s),
             stall_timeout: Duration::from_secs(60),
             progress: Some(progress_tx),
+            self_paced: exp.kind == ExperimentKind::Validation,
         };
         let sampler_stop = CancellationToken::new();
         let proc_task = tokio::spawn(sample_workers(
@@ -322,6 +363,9 @@ impl Runner {
         });
 
         for w in &outcome.workers {
+            // Stages arrive in the same batches as their records, so indexes line up.
+            let stages: std::collections::HashMap<u64, &crate::experiment::protocol::Stage> =
+                w.stages.iter().map(|st| (st.index, st)).collect();
             let rows: Vec<IterationRow> = w
                 .records
                 .iter()
@@ -329,7 +373,12 @@ impl Runner {
                     idx: r.index,
                     start_ns: r.start_ns,
                     dur_ns: r.duration_ns,
-                    in_window: outcome.window.map(|win| win.contains(r)).unwrap_or(false),
+                    // A validation pass scores every image once, so every image counts.
+                    in_window: exp.kind == ExperimentKind::Validation
+                        || outcome.window.map(|win| win.contains(r)).unwrap_or(false),
+                    stages: stages
+                        .get(&r.index)
+                        .map(|st| (st.pre_ns, st.infer_ns, st.post_ns)),
                 })
                 .collect();
             if !rows.is_empty() {
@@ -369,6 +418,10 @@ impl Runner {
                     rss_kb_max: stats.map(|s| s.rss_max_kb as i64),
                     error: w.error.clone(),
                     stderr_tail: (!w.stderr_tail.is_empty()).then(|| w.stderr_tail.clone()),
+                    validation: w
+                        .validation
+                        .as_ref()
+                        .and_then(|v| serde_json::to_string(v).ok()),
                 }))
                 .await;
         }

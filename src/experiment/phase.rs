@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{OutputDigest, ParentMsg, Record, StopReason, TensorInfo, WorkerMsg};
+use super::protocol::{
+    OutputDigest, ParentMsg, Record, Stage, StopReason, TensorInfo, ValidationSummary, WorkerMsg,
+};
 use super::worker::monotonic_ns;
 
 /// Time between sending `go` and the common start instant: long enough for every worker to read
@@ -66,6 +68,9 @@ pub struct PhaseSpec {
     pub stall_timeout: Duration,
     /// Progress and worker pids are published here when given.
     pub progress: Option<watch::Sender<PhaseProgress>>,
+    /// Validation: each worker ends by itself after one pass over its dataset, so the phase
+    /// ends when every worker has finished rather than when the window holds `iterations`.
+    pub self_paced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,6 +177,10 @@ pub struct WorkerOutcome {
     /// The records inside the phase window.
     pub in_window: Vec<Record>,
     pub digests: Vec<OutputDigest>,
+    /// Validation: the pre/infer/post split of every record, in order.
+    pub stages: Vec<Stage>,
+    /// Validation: metrics, prediction digest and per-file issues.
+    pub validation: Option<ValidationSummary>,
     pub stop_reason: Option<StopReason>,
     pub exit_status: Option<ExitStatus>,
     /// The last few KiB the worker wrote to stderr.
@@ -317,6 +326,7 @@ pub async fn run_phase(spec: PhaseSpec, cancel: CancellationToken) -> PhaseOutco
         tasks: Tasks(Vec::new()),
         progress,
         target: spec.iterations.max(1),
+        self_paced: spec.self_paced,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let failure = phase.run(&spec, &cancel, tx, &mut rx).await;
@@ -328,6 +338,7 @@ struct Phase {
     tasks: Tasks,
     progress: watch::Sender<PhaseProgress>,
     target: u64,
+    self_paced: bool,
 }
 
 impl Phase {
@@ -490,7 +501,11 @@ impl Phase {
                             load_ms,
                         })
                     }
-                    WorkerMsg::Records { records } => slot.out.records.extend(records),
+                    WorkerMsg::Records { records, stages } => {
+                        slot.out.records.extend(records);
+                        slot.out.stages.extend(stages);
+                    }
+                    WorkerMsg::Validation(summary) => slot.out.validation = Some(*summary),
                     WorkerMsg::Digests { digests } => slot.out.digests = digests,
                     WorkerMsg::Done { reason, .. } => {
                         slot.done = true;
@@ -529,7 +544,8 @@ impl Phase {
             return None;
         }
         let clean = slot.done && slot.out.exit_status.is_some_and(|s| s.success());
-        if clean && stage == PhaseStage::Stopping {
+        // A self-paced worker that finished its pass cleanly is done, not failed.
+        if clean && (stage == PhaseStage::Stopping || self.self_paced) {
             return None;
         }
         let cause = match stage {
@@ -597,6 +613,14 @@ impl Phase {
                     }
                     deadline = now + spec.phase_timeout;
                     self.progress.send_modify(|p| p.stage = stage);
+                }
+                PhaseStage::Measuring if self.self_paced => {
+                    if had_records {
+                        self.publish_counts(stage);
+                    }
+                    if self.slots.iter().all(Slot::finished) {
+                        return None;
+                    }
                 }
                 PhaseStage::Measuring if had_records => {
                     if self.enough_in_window() {

@@ -151,6 +151,7 @@ mod tests {
     fn exp(models: &[&str], modes: Vec<Mode>, mps: Vec<OnOff>, repeats: u32) -> ExperimentConfig {
         ExperimentConfig {
             name: "e".into(),
+            kind: Default::default(),
             models: models.iter().map(|s| s.to_string()).collect(),
             modes,
             mps,

@@ -48,6 +48,50 @@ impl From<Record> for (u64, u64, u64) {
     }
 }
 
+/// Where the time of one validation image went: preprocess (letterbox, normalise, tensor),
+/// inference (`session.run`) and postprocess (decode, NMS, masks, mapping back), like
+/// Ultralytics' speed report. The matching [`Record`] spans all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u64, u64, u64, u64)", into = "(u64, u64, u64, u64)")]
+pub struct Stage {
+    pub index: u64,
+    pub pre_ns: u64,
+    pub infer_ns: u64,
+    pub post_ns: u64,
+}
+
+impl From<(u64, u64, u64, u64)> for Stage {
+    fn from((index, pre_ns, infer_ns, post_ns): (u64, u64, u64, u64)) -> Self {
+        Stage {
+            index,
+            pre_ns,
+            infer_ns,
+            post_ns,
+        }
+    }
+}
+
+impl From<Stage> for (u64, u64, u64, u64) {
+    fn from(s: Stage) -> Self {
+        (s.index, s.pre_ns, s.infer_ns, s.post_ns)
+    }
+}
+
+/// What a validation worker found over its dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationSummary {
+    /// Images in the dataset split, before any was skipped.
+    pub dataset_images: u64,
+    /// Images that went through the model and into the metrics.
+    pub images: u64,
+    pub metrics: crate::vision::metrics::TaskMetrics,
+    /// sha256 over every image's predictions (classes, scores, boxes, keypoints, masks) in
+    /// dataset order: equal digests mean bit-identical predictions.
+    pub predictions_sha256: String,
+    /// Files that were skipped or used as background, one entry each.
+    pub issues: Vec<crate::vision::DatasetIssue>,
+}
+
 /// A model input or output as the model declares it (`-1` = dynamic), and for inputs the
 /// concrete shape the worker feeds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +137,8 @@ pub enum StopReason {
     Iterations,
     /// `--duration-s` elapsed.
     Duration,
+    /// A validation worker walked its whole dataset.
+    Dataset,
     /// SIGTERM (or SIGINT).
     Signal,
     /// The parent closed the control pipe.
@@ -114,7 +160,12 @@ pub enum WorkerMsg {
     },
     Records {
         records: Vec<Record>,
+        /// Validation only: the stage split of the same iterations.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stages: Vec<Stage>,
     },
+    /// Validation only, after the last records.
+    Validation(Box<ValidationSummary>),
     Digests {
         digests: Vec<OutputDigest>,
     },
@@ -205,6 +256,7 @@ mod tests {
                     duration_ns: u64::MAX,
                 },
             ],
+            stages: Vec::new(),
         };
         let line = msg.encode();
         assert_eq!(
@@ -256,6 +308,40 @@ mod tests {
                 iterations: 7,
                 reason: StopReason::ParentGone,
             },
+            WorkerMsg::Records {
+                records: vec![Record {
+                    index: 3,
+                    start_ns: 100,
+                    duration_ns: 60,
+                }],
+                stages: vec![Stage {
+                    index: 3,
+                    pre_ns: 10,
+                    infer_ns: 40,
+                    post_ns: 10,
+                }],
+            },
+            WorkerMsg::Validation(Box::new(ValidationSummary {
+                dataset_images: 3,
+                images: 2,
+                metrics: crate::vision::metrics::TaskMetrics {
+                    images: 2,
+                    instances: 0,
+                    detections: 0,
+                    top1: Some(0.5),
+                    top5: Some(1.0),
+                    boxes: None,
+                    masks: None,
+                    keypoints: None,
+                },
+                predictions_sha256: "ef".into(),
+                issues: vec![crate::vision::DatasetIssue {
+                    file: "images/val/x.jpg".into(),
+                    line: None,
+                    kind: crate::vision::IssueKind::BadImage,
+                    message: "not an image".into(),
+                }],
+            })),
             WorkerMsg::Error {
                 message: "model \"a\" missing".into(),
             },

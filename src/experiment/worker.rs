@@ -21,8 +21,10 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
 use super::protocol::{
-    OutputDigest, OutputSummary, ParentMsg, Record, StopReason, TensorInfo, WorkerMsg,
+    OutputDigest, OutputSummary, ParentMsg, Record, Stage, StopReason, TensorInfo, WorkerMsg,
 };
+use super::validation::{ValidationError, Validator};
+use crate::config::Task;
 
 const AFTER_HELP: &str = "\
 PROTOCOL
@@ -128,6 +130,72 @@ pub struct WorkerArgs {
     /// Exit at once if this is no longer the parent (closes the fork/prctl race).
     #[arg(long, value_name = "PID")]
     pub parent_pid: Option<u32>,
+    /// Validation: walk this dataset (a data.yaml, or an image-folder root for cls) once instead
+    /// of timing synthetic inputs; --iterations then caps the images.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "task",
+        conflicts_with = "duration_s",
+        help_heading = "Validation"
+    )]
+    pub dataset: Option<PathBuf>,
+    /// Validation: the model's task, which decides pre- and post-processing and the metrics.
+    #[arg(long, value_name = "TASK", value_parser = parse_task, help_heading = "Validation")]
+    pub task: Option<Task>,
+    /// Validation: dataset split to walk (val, test or train).
+    #[arg(
+        long,
+        default_value = "val",
+        value_name = "SPLIT",
+        help_heading = "Validation"
+    )]
+    pub split: String,
+    /// Validation: candidates below this confidence are dropped before NMS.
+    #[arg(
+        long,
+        default_value_t = 0.001,
+        value_name = "P",
+        help_heading = "Validation"
+    )]
+    pub conf: f32,
+    /// Validation: NMS IoU threshold.
+    #[arg(
+        long,
+        default_value_t = 0.7,
+        value_name = "IOU",
+        help_heading = "Validation"
+    )]
+    pub iou: f32,
+    /// Validation: detections kept per image.
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "N",
+        help_heading = "Validation"
+    )]
+    pub max_det: usize,
+    /// Validation: precision, recall and F1 count detections at or above this confidence.
+    #[arg(
+        long,
+        default_value_t = 0.25,
+        value_name = "P",
+        help_heading = "Validation"
+    )]
+    pub report_conf: f32,
+    /// Validation: also write every image's prediction as one JSON line to this file
+    /// (pixel coordinates of the original image; written outside the timed stages).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "dataset",
+        help_heading = "Validation"
+    )]
+    pub predictions: Option<PathBuf>,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    s.parse()
 }
 
 /// A `--dim` value.
@@ -215,6 +283,8 @@ pub enum WorkerError {
         stage: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
     #[error("control pipe: {0}")]
     Control(String),
     #[error("protocol output: {0}")]
@@ -304,6 +374,7 @@ fn stop_code(reason: StopReason) -> u8 {
         StopReason::ParentGone => 3,
         StopReason::Iterations => 4,
         StopReason::Duration => 5,
+        StopReason::Dataset => 6,
     }
 }
 
@@ -314,6 +385,7 @@ fn stop_reason(code: u8) -> Option<StopReason> {
         3 => StopReason::ParentGone,
         4 => StopReason::Iterations,
         5 => StopReason::Duration,
+        6 => StopReason::Dataset,
         _ => return None,
     })
 }
@@ -700,6 +772,28 @@ fn run(args: &WorkerArgs, out: &mut ProtocolOut) -> Result<(), WorkerError> {
         output_info,
         _env,
     } = load(args)?;
+    // Before warm-up: a dataset or model that does not fit the task fails the load, fast.
+    let mut validator = match (&args.dataset, args.task) {
+        (Some(dataset), Some(task)) => Some(Validator::new(
+            args.model.clone(),
+            task,
+            dataset,
+            &args.split,
+            crate::vision::ValParams {
+                conf: args.conf,
+                iou: args.iou,
+                max_det: args.max_det,
+                report_conf: args.report_conf,
+                ..Default::default()
+            },
+            &input_info,
+            &output_info,
+        )?),
+        _ => None,
+    };
+    if let (Some(v), Some(path)) = (validator.as_mut(), &args.predictions) {
+        v.write_predictions(path)?;
+    }
     let run_err = |stage: &'static str| {
         let model = args.model.clone();
         move |e: ort::Error| WorkerError::Run {
@@ -744,10 +838,18 @@ fn run(args: &WorkerArgs, out: &mut ProtocolOut) -> Result<(), WorkerError> {
         }
     }
     IN_LOOP.store(true, Ordering::SeqCst);
-    let iterations = measured_loop(args, &mut session, &inputs, out)?;
+    let iterations = match validator.as_mut() {
+        Some(v) => validation_loop(args, v, &mut session, &mut inputs, out)?,
+        None => measured_loop(args, &mut session, &inputs, out)?,
+    };
     IN_LOOP.store(false, Ordering::SeqCst);
     let reason = stop_reason(STOP.load(Ordering::SeqCst)).unwrap_or(StopReason::Iterations);
-    if !matches!(reason, StopReason::Signal | StopReason::ParentGone) {
+    let validating = validator.is_some();
+    if let Some(v) = validator {
+        out.send(&WorkerMsg::Validation(Box::new(v.finish())))?;
+    }
+    // A validation run's outputs are its predictions, digested in the summary above.
+    if !validating && !matches!(reason, StopReason::Signal | StopReason::ParentGone) {
         let digests = digest_outputs(args, &mut session, &mut inputs)?;
         out.send(&WorkerMsg::Digests { digests })?;
     }
@@ -834,13 +936,71 @@ fn measured_loop(
     Ok(index)
 }
 
+/// One pass over the dataset (or the first `--iterations` usable images), records and stages
+/// flushed like the measured loop's.
+fn validation_loop(
+    args: &WorkerArgs,
+    validator: &mut Validator,
+    session: &mut Session,
+    inputs: &mut [InputTensor],
+    out: &mut ProtocolOut,
+) -> Result<u64, WorkerError> {
+    let Some(InputTensor::F32(input)) = inputs.first_mut() else {
+        return Err(WorkerError::UnsupportedInput {
+            input: "0".into(),
+            dtype: "non-float32".into(),
+        });
+    };
+    let batch_len = args.batch_records.max(1);
+    let flush_ns = args.flush_ms.saturating_mul(1_000_000);
+    let mut batch = Vec::with_capacity(batch_len);
+    let mut stages = Vec::with_capacity(batch_len);
+    let mut last_flush = monotonic_ns();
+    let mut index = 0u64;
+    loop {
+        if STOP.load(Ordering::Relaxed) != NO_STOP {
+            break;
+        }
+        if args.iterations.is_some_and(|n| index >= n) {
+            request_stop(StopReason::Iterations);
+            break;
+        }
+        let Some(done) = validator.next(session, input, index, monotonic_ns)? else {
+            request_stop(StopReason::Dataset);
+            break;
+        };
+        batch.push(done.record);
+        stages.push(done.stage);
+        index += 1;
+        let end = done.record.end_ns();
+        if batch.len() >= batch_len || end - last_flush >= flush_ns {
+            send_batch(out, &mut batch, &mut stages, batch_len)?;
+            last_flush = end;
+        }
+    }
+    if !batch.is_empty() {
+        send_batch(out, &mut batch, &mut stages, batch_len)?;
+    }
+    Ok(index)
+}
+
 fn send_records(
     out: &mut ProtocolOut,
     batch: &mut Vec<Record>,
     batch_len: usize,
 ) -> Result<(), WorkerError> {
+    send_batch(out, batch, &mut Vec::new(), batch_len)
+}
+
+fn send_batch(
+    out: &mut ProtocolOut,
+    batch: &mut Vec<Record>,
+    stages: &mut Vec<Stage>,
+    batch_len: usize,
+) -> Result<(), WorkerError> {
     let records = std::mem::replace(batch, Vec::with_capacity(batch_len));
-    match out.send(&WorkerMsg::Records { records }) {
+    let stages = std::mem::take(stages);
+    match out.send(&WorkerMsg::Records { records, stages }) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             // The parent is gone: nobody to report to.
