@@ -32,6 +32,8 @@ fn big_run() -> RunData {
         max_abs_diff: None,
         status: "ok".into(),
         error: None,
+        stages_ns: Vec::new(),
+        validation: None,
     };
     let mut phases = Vec::new();
     let mut push = |mode, mps, models: Vec<ModelPhaseData>| {

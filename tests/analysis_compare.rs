@@ -38,6 +38,8 @@ fn phase(
                 max_abs_diff: None,
                 status: "ok".into(),
                 error: None,
+                stages_ns: Vec::new(),
+                validation: None,
             })
             .collect(),
         telemetry: None,

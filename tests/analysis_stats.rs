@@ -140,6 +140,8 @@ fn one_model_run(latencies_ns: Vec<Vec<u64>>) -> RunData {
                 max_abs_diff: None,
                 status: "ok".into(),
                 error: None,
+                stages_ns: Vec::new(),
+                validation: None,
             }],
             telemetry: None,
             timeline: vec![],

@@ -30,6 +30,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod validation;
+pub use validation::ValidationAnalysis;
+
 // ---------------------------------------------------------------------------------------------
 // Input data model
 // ---------------------------------------------------------------------------------------------
@@ -104,6 +107,12 @@ pub struct ModelPhaseData {
     pub status: String,
     #[serde(default)]
     pub error: Option<String>,
+    /// Validation runs: (preprocess, inference, postprocess) ns of each image in the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages_ns: Vec<[u64; 3]>,
+    /// Validation runs: the worker's metrics, prediction digest and dataset issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<crate::experiment::protocol::ValidationSummary>,
 }
 
 /// Telemetry of one phase, already summarised by the samplers.
@@ -860,6 +869,9 @@ pub struct Analysis {
     pub consistency: Vec<ModelConsistency>,
     pub recommendations: Recommendations,
     pub problems: Vec<String>,
+    /// Validation runs only: stage split, task metrics and dataset issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationAnalysis>,
 }
 
 /// Current `schema` value of [`Analysis`] and [`Comparison`].
@@ -1071,6 +1083,11 @@ fn analyze_salted(run: &RunData, salt: u64) -> Analysis {
     let consistency = models.iter().map(|m| consistency(run, m)).collect();
     let recommendations = recommend(&models, &cells, &comparisons, primary_sampling, &conditions);
 
+    let validation = validation::analyze(
+        run,
+        &models,
+        &conditions.keys().cloned().collect::<Vec<_>>(),
+    );
     let phases = run
         .phases
         .iter()
@@ -1114,6 +1131,7 @@ fn analyze_salted(run: &RunData, salt: u64) -> Analysis {
         consistency,
         recommendations,
         problems,
+        validation,
     }
 }
 
@@ -1617,6 +1635,8 @@ mod tests {
                 max_abs_diff: diff,
                 status: "ok".into(),
                 error: None,
+                stages_ns: Vec::new(),
+                validation: None,
             }],
             telemetry: None,
             timeline: vec![],

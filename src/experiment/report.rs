@@ -7,10 +7,13 @@
 mod charts;
 mod html;
 
+use super::analysis::validation::{metric_values, MetricsCell, StageStats, ValidationAnalysis};
 use super::analysis::{
     Analysis, Cell, Comparison, ComparisonKind, ComparisonResult, ConsistencyStatus, Estimate,
     MixStrategy, MpsAdvice, RunData, TelemetrySummary, ValueRange, Verdict,
 };
+use crate::vision::IssueKind;
+use std::collections::BTreeMap;
 
 pub use super::analysis::{analyze, compare};
 
@@ -27,6 +30,8 @@ pub enum ChartKind {
     MeanBars,
     Distributions,
     Timeline,
+    /// Validation runs: the per-image preprocess / inference / postprocess split.
+    Stages,
 }
 
 /// One piece of the report document.
@@ -298,6 +303,9 @@ pub fn document(a: &Analysis) -> Vec<Block> {
         })
         .collect();
     doc.push(table(&["Model", "Outputs", "Detail"], rows));
+    if let Some(v) = &a.validation {
+        validation_blocks(a, v, &mut doc);
+    }
 
     // 4. What did the GPU and CPU do?
     doc.push(Block::Heading(2, "4. GPU, CPU and power".into()));
@@ -633,6 +641,38 @@ fn conclusion_blocks(a: &Analysis, doc: &mut Vec<Block>) {
             differing.join(", ")
         ));
     }
+    if let Some(v) = &a.validation {
+        let same: Vec<&str> = v
+            .agreement
+            .iter()
+            .filter(|g| g.metrics_identical)
+            .map(|g| g.model.as_str())
+            .collect();
+        let changed: Vec<&str> = v
+            .agreement
+            .iter()
+            .filter(|g| !g.metrics_identical)
+            .map(|g| g.model.as_str())
+            .collect();
+        if !same.is_empty() {
+            findings.push(format!(
+                "Task metrics: identical across all conditions for {} (section 3.1).",
+                same.join(", ")
+            ));
+        }
+        if !changed.is_empty() {
+            findings.push(format!(
+                "Task metrics: changed between conditions for {} (section 3.1).",
+                changed.join(", ")
+            ));
+        }
+        let issues: usize = v.issues.iter().map(|m| m.issues.len()).sum();
+        if issues > 0 {
+            findings.push(format!(
+                "Dataset: {issues} per-file problem(s) reported (section 3.3)."
+            ));
+        }
+    }
     if let Some(s) = &r.sampling {
         findings.push(format!("Sampling: {s}"));
     }
@@ -643,6 +683,147 @@ fn conclusion_blocks(a: &Analysis, doc: &mut Vec<Block>) {
     if !a.problems.is_empty() {
         doc.push(Block::Heading(3, "Problems".into()));
         doc.push(Block::Bullets(a.problems.clone()));
+    }
+}
+
+/// Validation runs: task metrics per phase, whether they agree, the per-image stage split and
+/// the dataset's per-file issues.
+fn validation_blocks(a: &Analysis, v: &ValidationAnalysis, doc: &mut Vec<Block>) {
+    doc.push(Block::Heading(3, "3.1 Task metrics".into()));
+    let rows = v
+        .agreement
+        .iter()
+        .map(|g| {
+            let verdict = match (g.metrics_identical, g.predictions_identical) {
+                (true, true) => "identical in all phases (metrics and every prediction)",
+                (true, false) => "metrics identical; some predictions differ slightly",
+                (false, _) => "DIFFERENT",
+            };
+            let detail = if g.differences.is_empty() {
+                format!("{} phases compared", g.phases)
+            } else {
+                g.differences.join("; ")
+            };
+            vec![g.model.clone(), verdict.to_string(), detail]
+        })
+        .collect();
+    doc.push(table(
+        &["Model", "Metrics across conditions", "Detail"],
+        rows,
+    ));
+    for model in &a.models {
+        let cells: Vec<&MetricsCell> = v.metrics.iter().filter(|c| &c.model == model).collect();
+        let Some(first) = cells.first() else { continue };
+        // Only the metrics this model's task has.
+        let names: Vec<String> = metric_values(&first.metrics)
+            .into_iter()
+            .filter(|(n, x)| x.is_some() && n != "Images")
+            .map(|(n, _)| n)
+            .collect();
+        let mut headers = vec!["Condition", "Phase", "Images"];
+        headers.extend(names.iter().map(String::as_str));
+        headers.push("Predictions");
+        let rows = cells
+            .iter()
+            .map(|c| {
+                let values: BTreeMap<String, Option<f64>> =
+                    metric_values(&c.metrics).into_iter().collect();
+                let mut row = vec![
+                    label_of(a, &c.condition),
+                    c.phase.to_string(),
+                    format!("{} of {}", c.images, c.dataset_images),
+                ];
+                row.extend(
+                    names
+                        .iter()
+                        .map(|n| match values.get(n).copied().flatten() {
+                            Some(x) if matches!(n.as_str(), "Instances" | "Detections") => {
+                                format!("{x:.0}")
+                            }
+                            Some(x) => format!("{x:.4}"),
+                            None => "n/a".into(),
+                        }),
+                );
+                row.push(short(&c.predictions_sha256));
+                row
+            })
+            .collect();
+        doc.push(Block::Paragraph(format!("{model}:")));
+        doc.push(table(&headers, rows));
+    }
+
+    doc.push(Block::Heading(
+        3,
+        "3.2 Per-image time: preprocess, inference, postprocess".into(),
+    ));
+    doc.push(Block::Paragraph(
+        "Mean (p95) per image, as Ultralytics' speed line splits it; every image of the pass, \
+         repeats pooled. Decoding the image file is not timed. Together, a model that finishes \
+         its dataset first leaves the others to run their last images alone."
+            .into(),
+    ));
+    let stage = |s: &StageStats| format!("{:.3} ({:.3}) ms", s.mean_ms, s.p95_ms);
+    let rows = v
+        .stages
+        .iter()
+        .map(|c| {
+            vec![
+                c.model.clone(),
+                label_of(a, &c.condition),
+                c.n.to_string(),
+                stage(&c.preprocess),
+                stage(&c.inference),
+                stage(&c.postprocess),
+            ]
+        })
+        .collect();
+    doc.push(table(
+        &[
+            "Model",
+            "Condition",
+            "Images",
+            "Preprocess",
+            "Inference",
+            "Postprocess",
+        ],
+        rows,
+    ));
+    doc.push(Block::Chart(ChartKind::Stages));
+
+    doc.push(Block::Heading(3, "3.3 Dataset issues".into()));
+    if v.issues.is_empty() {
+        doc.push(Block::Paragraph(
+            "None: every image decoded and every label line parsed.".into(),
+        ));
+    }
+    for m in &v.issues {
+        doc.push(Block::Paragraph(format!(
+            "{}: {} file(s) with problems (images with bad labels were left out; images \
+             without a label file count as background).",
+            m.model,
+            m.issues.len()
+        )));
+        let rows = m
+            .issues
+            .iter()
+            .map(|i| {
+                vec![
+                    i.file.clone(),
+                    i.line.map(|l| l.to_string()).unwrap_or_default(),
+                    issue_kind(i.kind).into(),
+                    i.message.clone(),
+                ]
+            })
+            .collect();
+        doc.push(table(&["File", "Line", "Problem", "Detail"], rows));
+    }
+}
+
+fn issue_kind(k: IssueKind) -> &'static str {
+    match k {
+        IssueKind::MissingLabel => "missing label",
+        IssueKind::BadLabel => "bad label",
+        IssueKind::BadImage => "unreadable image",
     }
 }
 

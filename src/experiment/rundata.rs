@@ -15,7 +15,14 @@ use crate::store::{self, StoreError};
 use crate::telemetry::summary::{self, GpuPoint, SummaryOptions, VmPoint, Window};
 
 /// A model's stored result in one phase: digest, digest values, status, error.
-type PhaseModelRecord = (Option<String>, Vec<OutputDigest>, String, Option<String>);
+/// digest, digest values, status, error, validation summary.
+type PhaseModelRecord = (
+    Option<String>,
+    Vec<OutputDigest>,
+    String,
+    Option<String>,
+    Option<crate::experiment::protocol::ValidationSummary>,
+);
 
 struct PhaseRow {
     id: i64,
@@ -83,7 +90,7 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
     let mut digests: BTreeMap<(i64, String), PhaseModelRecord> = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT pm.phase_id, pm.model, pm.digest, pm.digest_values, pm.status, pm.error \
+            "SELECT pm.phase_id, pm.model, pm.digest, pm.digest_values, pm.status, pm.error, pm.validation \
              FROM phase_models pm JOIN phases p ON p.id = pm.phase_id WHERE p.run_id=?1",
         )?;
         let rows = stmt.query_map([run_id], |r| {
@@ -94,14 +101,16 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })?;
         for row in rows {
-            let (pid, model, digest, values, status, error) = row?;
+            let (pid, model, digest, values, status, error, validation) = row?;
             let values: Vec<OutputDigest> = values
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default();
-            digests.insert((pid, model), (digest, values, status, error));
+            let validation = validation.and_then(|v| serde_json::from_str(&v).ok());
+            digests.insert((pid, model), (digest, values, status, error, validation));
         }
     }
     let mut reference: BTreeMap<String, Vec<OutputDigest>> = BTreeMap::new();
@@ -111,7 +120,7 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
                 continue;
             }
             for m in &p.models {
-                if let Some((_, v, _, _)) = digests.get(&(p.id, m.clone())) {
+                if let Some((_, v, ..)) = digests.get(&(p.id, m.clone())) {
                     if !v.is_empty() {
                         reference.entry(m.clone()).or_insert_with(|| v.clone());
                     }
@@ -123,25 +132,48 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
     let mut out_phases = Vec::with_capacity(phases.len());
     for p in &phases {
         let mut lat_stmt = conn.prepare_cached(
-            "SELECT dur_ns FROM iterations WHERE phase_id=?1 AND model=?2 AND in_window=1 ORDER BY idx",
+            "SELECT dur_ns, pre_ns, infer_ns, post_ns FROM iterations \
+             WHERE phase_id=?1 AND model=?2 AND in_window=1 ORDER BY idx",
         )?;
         let mut models = Vec::new();
         for m in &p.models {
-            let latencies_ns: Vec<u64> = lat_stmt
-                .query_map(params![p.id, m], |r| r.get::<_, i64>(0))?
-                .map(|r| r.map(|v| v.max(0) as u64))
-                .collect::<Result<_, _>>()?;
-            let (digest, values, status, error) =
+            let mut latencies_ns = Vec::new();
+            let mut stages_ns = Vec::new();
+            let rows = lat_stmt.query_map(params![p.id, m], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (dur, pre, infer, post) = row?;
+                latencies_ns.push(dur.max(0) as u64);
+                if let (Some(a), Some(b), Some(c)) = (pre, infer, post) {
+                    stages_ns.push([a.max(0) as u64, b.max(0) as u64, c.max(0) as u64]);
+                }
+            }
+            let (digest, values, status, error, validation) =
                 digests.get(&(p.id, m.clone())).cloned().unwrap_or((
                     None,
                     Vec::new(),
                     "missing".into(),
                     Some("no result recorded".into()),
+                    None,
                 ));
             let diff = reference
                 .get(m)
                 .filter(|_| !values.is_empty())
                 .and_then(|r| max_abs_diff(r, &values));
+            // A validation run's outputs are its predictions: their digest stands in.
+            let digest = digest.or_else(|| {
+                validation
+                    .as_ref()
+                    .map(|v: &crate::experiment::protocol::ValidationSummary| {
+                        v.predictions_sha256.clone()
+                    })
+            });
             models.push(ModelPhaseData {
                 model: m.clone(),
                 latencies_ns,
@@ -149,6 +181,8 @@ pub fn load(conn: &Connection, run_id: i64) -> Result<RunData, StoreError> {
                 max_abs_diff: diff,
                 status,
                 error,
+                stages_ns,
+                validation,
             });
         }
         let mps = match p.mps.as_str() {

@@ -6,6 +6,7 @@ use crate::experiment::analysis::{phase_condition, stats, Analysis, ConditionInf
 
 pub const MEAN_BARS_TITLE: &str = "Mean latency per model and condition (95 % CI)";
 pub const TIMELINE_TITLE: &str = "GPU load (GR3D) and power over the run";
+pub const STAGES_TITLE: &str = "Per-image time: preprocess, inference, postprocess (mean)";
 
 pub fn distribution_title(model: &str) -> String {
     format!("Latency distribution: {model}")
@@ -128,6 +129,87 @@ pub fn mean_bars(a: &Analysis) -> Result<String, String> {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// Validation runs: one stacked bar per model and condition, preprocess + inference +
+/// postprocess means, so a slower inference under concurrency stands out from fixed CPU stages.
+pub fn stage_bars(a: &Analysis) -> Result<String, String> {
+    let Some(v) = &a.validation else {
+        return Err("not a validation run".into());
+    };
+    let rows: Vec<(String, [f64; 3])> = v
+        .stages
+        .iter()
+        .map(|c| {
+            let label = a
+                .condition(&c.condition)
+                .map(|i| i.label.clone())
+                .unwrap_or_else(|| c.condition.clone());
+            (
+                format!("{}: {label}", c.model),
+                [
+                    c.preprocess.mean_ms,
+                    c.inference.mean_ms,
+                    c.postprocess.mean_ms,
+                ],
+            )
+        })
+        .collect();
+    let n = rows.len().max(1);
+    let xmax = rows
+        .iter()
+        .map(|(_, s)| s.iter().sum::<f64>())
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.3;
+    let names: Vec<String> = rows.iter().map(|(l, _)| l.clone()).collect();
+    let mut svg = String::new();
+    {
+        let height = 90 + 30 * n as u32;
+        let root = SVGBackend::with_string(&mut svg, (1180, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(STAGES_TITLE, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(320)
+            .build_cartesian_2d(0f64..xmax, -0.5f64..(n as f64 - 0.5))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|y| name_at(&names, *y))
+            .x_desc("ms per image")
+            .draw()
+            .map_err(err)?;
+        for (k, stage) in ["preprocess", "inference", "postprocess"]
+            .iter()
+            .enumerate()
+        {
+            let color = PALETTE[k];
+            chart
+                .draw_series(rows.iter().enumerate().map(|(i, (_, s))| {
+                    let x0: f64 = s[..k].iter().sum();
+                    let y = i as f64;
+                    Rectangle::new([(x0, y - 0.35), (x0 + s[k], y + 0.35)], color.filled())
+                }))
+                .map_err(err)?
+                .label(*stage)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()

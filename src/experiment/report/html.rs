@@ -84,6 +84,9 @@ pub(super) fn render(a: &Analysis, run: &RunData, doc: &[Block]) -> String {
                     ));
                 }
             }
+            Block::Chart(ChartKind::Stages) => {
+                body.push_str(&chart_html(charts::STAGES_TITLE, charts::stage_bars(a)));
+            }
             Block::Chart(ChartKind::Distributions) => {
                 body.push_str("<div class=\"charts\">\n");
                 for model in &a.models {
