@@ -128,39 +128,12 @@ fn a_full_disk_drops_samples_and_writing_resumes_when_space_returns() {
     );
 }
 
-/// `bin/nvidia-cuda-mps-{control,server}` linked to the fake, in a short private directory.
-fn fake_mps() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("mps")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let fake = repo().join("tests/fixtures/fake-nvidia-cuda-mps-control");
-    std::os::unix::fs::symlink(&fake, bin.join("nvidia-cuda-mps-control")).unwrap();
-    std::os::unix::fs::symlink(&fake, bin.join("nvidia-cuda-mps-server")).unwrap();
-    dir
-}
-
 #[test]
 fn sigkill_while_mps_runs_leaves_exactly_one_control_daemon_after_restart() {
     let mps = fake_mps();
     let bus = Bus::session();
     let cfg = TestConfig::new("");
-    let text = std::fs::read_to_string(&cfg.path)
-        .unwrap()
-        .replace(
-            &format!("{}/no-mps-control", cfg.dir.path().display()),
-            &mps.path()
-                .join("bin/nvidia-cuda-mps-control")
-                .display()
-                .to_string(),
-        )
-        .replace(
-            &format!("{}/pipe", cfg.dir.path().display()),
-            &mps.path().join("pipe").display().to_string(),
-        );
-    cfg.rewrite(&text);
+    cfg.use_mps(mps.path());
     let daemons = || {
         pids_matching(&format!(
             "{}/bin/nvidia-cuda-mps-control -f",

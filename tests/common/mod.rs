@@ -231,6 +231,39 @@ log_dir = "{d}/mpslog"
     pub fn rewrite(&self, text: &str) {
         std::fs::write(&self.path, text).unwrap();
     }
+
+    /// Points `[mps]` at the fake control daemon in `mps` (see [`fake_mps`]).
+    pub fn use_mps(&self, mps: &Path) {
+        let d = self.dir.path().display();
+        let text = std::fs::read_to_string(&self.path)
+            .unwrap()
+            .replace(
+                &format!("{d}/no-mps-control"),
+                &mps.join("bin/nvidia-cuda-mps-control")
+                    .display()
+                    .to_string(),
+            )
+            .replace(
+                &format!("{d}/pipe"),
+                &mps.join("pipe").display().to_string(),
+            );
+        self.rewrite(&text);
+    }
+}
+
+/// `bin/nvidia-cuda-mps-{control,server}` linked to the fake, in a short private directory (the
+/// control socket path must fit in 107 bytes).
+pub fn fake_mps() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("mps")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = repo().join("tests/fixtures/fake-nvidia-cuda-mps-control");
+    std::os::unix::fs::symlink(&fake, bin.join("nvidia-cuda-mps-control")).unwrap();
+    std::os::unix::fs::symlink(&fake, bin.join("nvidia-cuda-mps-server")).unwrap();
+    dir
 }
 
 /// The real `mpslabd`, on the given bus, with stderr captured to a file for diagnostics.
