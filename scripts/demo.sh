@@ -16,6 +16,9 @@ MODELS=$CACHE/models
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO/state"
+# Validation datasets: real photos hand-labelled for NudeNet's YOLOv8n, and a copy with one
+# problem of each kind (missing label, unreadable image, class id out of range).
+"$CACHE/venv/bin/python" scripts/gen_photo_dataset.py "$CACHE/images" "$DEMO/datasets" --malformed >/dev/null
 # Short, private MPS directories: the control socket path must fit in 107 bytes.
 MPS_DIR=$(mktemp -d /tmp/mpslab-demo-mps.XXXXXX)
 # The fake answers to both names, like the real pair; the control daemon finds the server on PATH.
@@ -72,6 +75,20 @@ task = "detect"
 dims = { batch = 1, height = 320, width = 320 }
 
 [[model]]
+name = "faces"
+path = "$MODELS/320n.onnx"
+task = "detect"
+dims = { batch = 1, height = 320, width = 320 }
+dataset = "$DEMO/datasets/faces"
+
+[[model]]
+name = "faces-check"
+path = "$MODELS/320n.onnx"
+task = "detect"
+dims = { batch = 1, height = 320, width = 320 }
+dataset = "$DEMO/datasets/faces-malformed"
+
+[[model]]
 name = "resnet50"
 path = "$MODELS/light_resnet50.onnx"
 task = "cls"
@@ -84,6 +101,16 @@ mps = ["off", "on"]
 iterations = 20
 warmup = 3
 repeats = 2
+cooldown_s = 0
+
+[[experiment]]
+name = "validation"
+kind = "validation"
+models = ["faces", "faces-check"]
+modes = ["alone", "together"]
+mps = ["off", "on"]
+warmup = 1
+repeats = 1
 cooldown_s = 0
 TOML
 
@@ -125,6 +152,21 @@ echo
 sed -n '1,40p' "$DEMO/report.md"
 echo "..."
 echo
+
+echo "==> mpslabctl run validation --wait   (YOLOv8n on labelled photos, alone/together x MPS off/on)"
+VOUT=$("$BIN/mpslabctl" --session-bus run validation --wait) || STATUS=$?
+VRUN=$(echo "$VOUT" | head -1)
+if [ -n "$VRUN" ]; then
+  "$BIN/mpslabctl" --session-bus report "$VRUN" --format md -o "$DEMO/validation.md"
+  "$BIN/mpslabctl" --session-bus report "$VRUN" --format html -o "$DEMO/validation.html"
+  "$BIN/mpslabctl" --session-bus report "$VRUN" --format json -o "$DEMO/validation.json"
+  sed -n '/^### 3.1 Task metrics/,/^## 4\./p' "$DEMO/validation.md" | sed '$d'
+  echo
+else
+  echo "the validation run was not queued; see $DEMO/mpslabd.log" >&2
+  STATUS=1
+fi
+echo "Validation: $DEMO/validation.md  $DEMO/validation.html  $DEMO/validation.json"
 echo "Reports:  $DEMO/report.md  $DEMO/report.html  $DEMO/report.json"
 echo "Database: $DEMO/state/mpslab.db   (offline: mpslabctl report $RUN --db $DEMO/state/mpslab.db)"
 exit $STATUS
