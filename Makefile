@@ -96,6 +96,7 @@ bench: deps release
 	$(CARGO) bench --bench tegrastats --bench vmstat --bench report --bench store
 	MPSLAB_BIN=target/release bash benches/daemon_footprint.sh
 	$(MAKE) bench-worker
+	$(MAKE) bench-validation
 
 demo: deps build
 	bash scripts/demo.sh
