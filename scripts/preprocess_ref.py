@@ -5,7 +5,8 @@
     preprocess_ref.py letterbox_auto IMAGE IMGSZ STRIDE OUT   LetterBox(auto=True, stride)
     preprocess_ref.py classify IMAGE W H OUT           classify_transforms (PIL + torchvision semantics)
     preprocess_ref.py decode IMAGE OUT                 cv2.imread, as RGB bytes
-    preprocess_ref.py jpeg IMAGE QUALITY OUT           re-encode IMAGE as JPEG with cv2.imwrite
+    preprocess_ref.py jpeg IMAGE QUALITY ORIENT OUT    re-encode IMAGE as JPEG with cv2.imencode and,
+                                                       unless ORIENT is 0, an EXIF Orientation tag
 
 OUT receives raw little-endian data: float32 NCHW (batch of one) for the tensors, uint8 HWC RGB
 for `decode`. One JSON line on stdout describes it (shape; letterbox geometry as gain, pad_x,
@@ -23,6 +24,7 @@ Only cv2, numpy and (for classify) Pillow are needed.
 
 import json
 import math
+import struct
 import sys
 
 import cv2
@@ -95,6 +97,13 @@ def classify(path: str, w: int, h: int) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(np.float32) / np.float32(255))
 
 
+def exif_orientation_segment(orientation: int) -> bytes:
+    """An APP1 Exif segment whose only tag is Orientation (0x0112, SHORT), big-endian TIFF."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
 def main(argv) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -124,12 +133,16 @@ def main(argv) -> int:
         print(json.dumps({"shape": list(img.shape)}))
         return 0
     elif mode == "jpeg":
-        image, quality, out = args[0], int(args[1]), args[2]
+        image, quality, orientation, out = args[0], int(args[1]), int(args[2]), args[3]
         ok, buf = cv2.imencode(".jpg", imread(image), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise SystemExit(f"cv2 cannot encode {image} as JPEG")
-        buf.tofile(out)
-        print(json.dumps({"bytes": int(buf.size)}))
+        data = buf.tobytes()
+        if orientation:
+            data = data[:2] + exif_orientation_segment(orientation) + data[2:]
+        with open(out, "wb") as f:
+            f.write(data)
+        print(json.dumps({"bytes": len(data)}))
         return 0
     else:
         print(f"unknown mode {mode!r}\n{__doc__}", file=sys.stderr)

@@ -193,8 +193,9 @@ fn classify_matches_pil_resize_and_center_crop() {
     for name in PHOTOS {
         let path = photo(name);
         let img = decode(&path).unwrap();
-        // Downscaling (antialiased), upscaling, and a non-square input (plain stretch).
-        for (w, h) in [(224, 224), (640, 640), (224, 160)] {
+        // Downscaling (antialiased), upscaling, a non-square input (plain stretch), and 400
+        // (coffee.png's short side: only the horizontal pass runs).
+        for (w, h) in [(224, 224), (640, 640), (224, 160), (400, 400)] {
             let what = format!("{name} classify {w}x{h}");
             classify(&img, w, h, &mut out);
             let (geo, raw) = reference(
@@ -229,31 +230,52 @@ fn png_decode_matches_cv2_imread() {
     assert_eq!((coffee.width, coffee.height), (600, 400));
 }
 
+/// Encodes a photo as JPEG with cv2 (libjpeg-turbo, quality 90, 4:2:0 chroma subsampling),
+/// with an EXIF Orientation tag unless `orientation` is 0.
+fn cv2_jpeg(name: &str, orientation: u8, dir: &Path) -> PathBuf {
+    let jpg = dir.join(format!(
+        "{}-{orientation}.jpg",
+        name.trim_end_matches(".png")
+    ));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/preprocess_ref.py");
+    let output = Command::new(python())
+        .arg(&script)
+        .args(["jpeg", &photo(name).display().to_string(), "90"])
+        .arg(orientation.to_string())
+        .arg(&jpg)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cannot encode {name} as JPEG: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    jpg
+}
+
 #[test]
 fn jpeg_decode_is_close_to_cv2_imread() {
     let dir = tempfile::tempdir().unwrap();
-    for name in PHOTOS {
-        let jpg = dir.path().join(name.replace(".png", ".jpg"));
-        // cv2.imwrite's encoder (libjpeg-turbo, 4:2:0 chroma subsampling at quality 90).
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/preprocess_ref.py");
-        let output = Command::new(python())
-            .arg(&script)
-            .args(["jpeg", &photo(name).display().to_string(), "90"])
-            .arg(&jpg)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "cannot encode {name} as JPEG: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    // 0: no EXIF; 6: rotate 90 degrees clockwise (portrait phone photo); 3: 180; 8: 270.
+    for (name, orientation) in [
+        ("astronaut.png", 0),
+        ("coffee.png", 0),
+        ("coffee.png", 6),
+        ("coffee.png", 3),
+        ("coffee.png", 8),
+    ] {
+        let jpg = cv2_jpeg(name, orientation, dir.path());
         let img = decode(&jpg).unwrap();
-        let (_, raw) = reference("decode", &[jpg.display().to_string()]);
+        let (geo, raw) = reference("decode", &[jpg.display().to_string()]);
+        // cv2.imdecode applies the EXIF orientation, as the image crate does here.
         assert_eq!(
-            img.data.len(),
-            raw.len(),
-            "{name}: JPEG decoded to another size"
+            geo["shape"],
+            serde_json::json!([img.height, img.width, 3]),
+            "{name} orientation {orientation}: size after orientation"
         );
+        if orientation == 6 || orientation == 8 {
+            assert_eq!((img.width, img.height), (400, 600), "{name} is rotated");
+        }
         // libjpeg-turbo and the image crate's decoder (zune-jpeg) use different IDCTs and
         // chroma upsampling, so pixels differ by a few levels, never by a visible amount.
         let diffs: Vec<u32> = img
@@ -266,9 +288,11 @@ fn jpeg_decode_is_close_to_cv2_imread() {
         let max = diffs.iter().copied().max().unwrap();
         let exact = diffs.iter().filter(|&&d| d == 0).count() as f64 / diffs.len() as f64;
         eprintln!(
-            "{name} as JPEG q90: mean |diff| {mean:.4}, max {max}, {:.2}% of values equal",
+            "{name} as JPEG q90, orientation {orientation}: mean |diff| {mean:.4}, max {max}, \
+             {:.2}% of values equal",
             exact * 100.0
         );
+        // A wrong orientation or colour conversion gives a mean difference of tens of levels.
         assert!(mean < 1.0, "{name}: mean |diff| {mean} vs cv2");
         assert!(max <= 16, "{name}: max |diff| {max} vs cv2");
     }
