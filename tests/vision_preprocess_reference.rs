@@ -158,6 +158,49 @@ fn letterbox_matches_ultralytics_for_fixed_inputs() {
 }
 
 #[test]
+fn letterbox_matches_ultralytics_for_awkward_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    // Odd half-borders, a sliver, and tiny images blown up 40x (rows above the first and below
+    // the last source row are clamped by cv2 without touching their weights).
+    for (w, h) in [(321, 65), (65, 321), (999, 7), (7, 5), (3, 2)] {
+        let data: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                [
+                    (x * 255 / w) as u8,
+                    (y * 255 / h) as u8,
+                    ((x * 31 + y * 17) % 256) as u8,
+                ]
+            })
+            .collect();
+        let path = dir.path().join(format!("{w}x{h}.png"));
+        write_png(
+            &path,
+            w,
+            h,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            &data,
+        );
+        let img = decode(&path).unwrap();
+        for (iw, ih) in [(320, 320), (320, 256)] {
+            let what = format!("{w}x{h} letterbox {iw}x{ih}");
+            let lb = letterbox(&img, iw, ih, &mut out);
+            let (geo, raw) = reference(
+                "letterbox",
+                &[path.display().to_string(), iw.to_string(), ih.to_string()],
+            );
+            assert_geometry(&what, &lb, &geo, &img);
+            assert_close(&what, &out, &f32s(&raw));
+        }
+    }
+    // The example in the `Letterbox` docs: the border actually added, not scale_boxes' guess.
+    let img = decode(&dir.path().join("321x65.png")).unwrap();
+    assert_eq!(letterbox(&img, 320, 320, &mut out).pad_y, 127.0);
+}
+
+#[test]
 fn letterbox_auto_matches_ultralytics_stride_padding() {
     let mut out = Vec::new();
     for name in PHOTOS {
