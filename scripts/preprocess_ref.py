@@ -3,6 +3,7 @@
 
     preprocess_ref.py letterbox IMAGE W H OUT          LetterBox((H, W), auto=False)
     preprocess_ref.py letterbox_auto IMAGE IMGSZ STRIDE OUT   LetterBox(auto=True, stride)
+    preprocess_ref.py letterbox_val IMAGE IMGSZ OUT    YOLODataset.load_image + LetterBox(scaleup=False)
     preprocess_ref.py classify IMAGE W H OUT           classify_transforms (PIL + torchvision semantics)
     preprocess_ref.py decode IMAGE OUT                 cv2.imread, as RGB bytes
     preprocess_ref.py jpeg IMAGE QUALITY ORIENT OUT    re-encode IMAGE as JPEG with cv2.imencode and,
@@ -39,13 +40,15 @@ def imread(path: str) -> np.ndarray:
     return img
 
 
-def letterbox(img: np.ndarray, new_shape, auto: bool, stride: int = 32):
-    """LetterBox(new_shape, auto, scale_fill=False, scaleup=True, center=True, stride).__call__."""
+def letterbox(img: np.ndarray, new_shape, auto: bool, stride: int = 32, scaleup: bool = True):
+    """LetterBox(new_shape, auto, scale_fill=False, scaleup, center=True, stride).__call__."""
     shape = img.shape[:2]  # current shape [height, width]
     if isinstance(new_shape, int):
         new_shape = (new_shape, new_shape)
     # Scale ratio (new / old)
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
+    if not scaleup:  # only scale down, do not scale up (for better val mAP)
+        r = min(r, 1.0)
     # Compute padding
     new_unpad = int(round(shape[1] * r)), int(round(shape[0] * r))
     dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]  # wh padding
@@ -60,6 +63,16 @@ def letterbox(img: np.ndarray, new_shape, auto: bool, stride: int = 32):
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
     geometry = {"gain": r, "pad_x": left, "pad_y": top, "input_w": img.shape[1], "input_h": img.shape[0]}
     return img, geometry
+
+
+def load_image(img: np.ndarray, imgsz: int) -> np.ndarray:
+    """BaseDataset.load_image(rect_mode=True) after imread: resize the long side to imgsz."""
+    h0, w0 = img.shape[:2]  # orig hw
+    r = imgsz / max(h0, w0)  # ratio
+    if r != 1:  # if sizes are not equal
+        w, h = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return img
 
 
 def to_tensor_bgr(img: np.ndarray) -> np.ndarray:
@@ -120,6 +133,16 @@ def main(argv) -> int:
         imgsz = math.ceil(imgsz / stride) * stride
         img = imread(image)
         boxed, geo = letterbox(img, (imgsz, imgsz), auto=True, stride=stride)
+        tensor = to_tensor_bgr(boxed)
+    elif mode == "letterbox_val":
+        image, imgsz, out = args[0], int(args[1]), args[2]
+        img = imread(image)
+        resized = load_image(img, imgsz)
+        # get_image_and_label: ratio_pad = (resized_h / h0, resized_w / w0); scale_boxes uses [0].
+        gain = resized.shape[0] / img.shape[0]
+        boxed, geo = letterbox(resized, (imgsz, imgsz), auto=False, scaleup=False)
+        geo["gain"] = gain
+        # Format(bgr=0.0) flips BGR to RGB and the validator divides by 255 as the predictor does.
         tensor = to_tensor_bgr(boxed)
     elif mode == "classify":
         image, w, h, out = args[0], int(args[1]), int(args[2]), args[3]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mpslab::vision::image::{decode, decode_bytes, ImageError};
-use mpslab::vision::preprocess::{classify, letterbox, letterbox_auto};
+use mpslab::vision::preprocess::{classify, letterbox, letterbox_auto, letterbox_val};
 use mpslab::vision::{Letterbox, RgbImage};
 
 fn cache() -> PathBuf {
@@ -228,6 +228,56 @@ fn letterbox_auto_matches_ultralytics_stride_padding() {
     let coffee = decode(&photo("coffee.png")).unwrap();
     let lb = letterbox_auto(&coffee, 320, 32, &mut out);
     assert_eq!((lb.input_w, lb.input_h), (320, 224));
+}
+
+#[test]
+fn letterbox_val_matches_the_ultralytics_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    let mut inputs: Vec<PathBuf> = PHOTOS.iter().map(|n| photo(n)).collect();
+    // A small image (upscaled by load_image) and one with an odd border.
+    for (w, h) in [(37u32, 23u32), (321, 65)] {
+        let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join(format!("{w}x{h}.png"));
+        write_png(
+            &path,
+            w,
+            h,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            &data,
+        );
+        inputs.push(path);
+    }
+    for path in &inputs {
+        let img = decode(path).unwrap();
+        // 512 leaves astronaut.png unresized (load_image's r == 1).
+        for imgsz in [320, 512, 640] {
+            let what = format!("{} letterbox_val {imgsz}", path.display());
+            let lb = letterbox_val(&img, imgsz, &mut out);
+            let (geo, raw) = reference(
+                "letterbox_val",
+                &[path.display().to_string(), imgsz.to_string()],
+            );
+            assert_geometry(&what, &lb, &geo, &img);
+            assert_eq!((lb.input_w, lb.input_h), (imgsz, imgsz), "{what}");
+            assert_close(&what, &out, &f32s(&raw));
+        }
+    }
+    // load_image rounds up where LetterBox rounds to nearest: 600x400 at 320 is resized to
+    // 320x214 here and to 320x213 by the predictor, so gain and pixels differ.
+    let coffee = decode(&photo("coffee.png")).unwrap();
+    let val = letterbox_val(&coffee, 320, &mut out);
+    let val_tensor = out.clone();
+    let pred = letterbox(&coffee, 320, 320, &mut out);
+    assert_eq!((val.pad_y, pred.pad_y), (53.0, 53.0));
+    assert_eq!(val.gain, 214.0 / 400.0);
+    assert_eq!(pred.gain, 320.0 / 600.0);
+    let (n, _) = differences(&val_tensor, &out);
+    assert!(
+        n > 100_000,
+        "only {n} values differ between the val and predictor paths"
+    );
 }
 
 #[test]
