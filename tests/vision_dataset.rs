@@ -133,18 +133,22 @@ fn val_as_image_list_file_and_as_list_of_folders() {
     let ds = Dataset::open(&yaml, Task::Detect, "val").unwrap();
     assert_eq!(ds.items.len(), 3);
 
-    // A list naming an image that is not there: that image is reported, the rest load.
+    // A list naming an image that is not there, or a folder: each is reported, the rest load.
+    std::fs::create_dir_all(d.join("images/odd/folder.jpg")).unwrap();
     put(
         d,
         "broken.txt",
-        "./images/val/a.jpg\n./images/val/gone.jpg\n",
+        "./images/val/a.jpg\n./images/val/gone.jpg\n./images/odd/folder.jpg\n",
     );
     let yaml = put(d, "broken.yaml", "val: broken.txt\nnames: [a]\n");
     let ds = Dataset::open(&yaml, Task::Detect, "val").unwrap();
     assert_eq!(item_names(&ds), ["images/val/a.jpg"]);
-    assert_eq!(ds.issues.len(), 1);
-    assert_eq!(ds.issues[0].kind, IssueKind::BadImage);
-    assert_eq!(ds.issues[0].file, "images/val/gone.jpg");
+    assert_eq!(ds.issues.len(), 2, "{:#?}", ds.issues);
+    assert!(ds.issues.iter().all(|i| i.kind == IssueKind::BadImage));
+    assert_eq!(ds.issues[0].file, "images/odd/folder.jpg");
+    assert!(ds.issues[0].message.contains("not a regular file"));
+    assert_eq!(ds.issues[1].file, "images/val/gone.jpg");
+    assert!(ds.issues[1].message.contains("cannot read"));
 }
 
 #[test]
