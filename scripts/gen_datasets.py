@@ -227,7 +227,10 @@ def gen_obb(out: Path, rng) -> str:
             cls = int(rng.integers(3))
             h = rng.uniform(18, 32)
             pts = rotated_rect(rng.uniform(70, W - 70), rng.uniform(60, H - 60), h * OBB_ASPECT[cls], h, rng.uniform(0, math.pi))
-            if overlaps(extent(pts), boxes):
+            # A long bar near the top or bottom can reach past the image (a 128x32 bar at 80 degrees
+            # spans 132 px vertically); its corners would be out-of-range labels.
+            x1, y1, x2, y2 = extent(pts)
+            if x1 < 0 or y1 < 0 or x2 > W or y2 > H or overlaps((x1, y1, x2, y2), boxes):
                 continue
             boxes.append(extent(pts))
             fill(img, polygon_mask(pts), COLORS[cls])
@@ -298,7 +301,9 @@ def gen_malformed(out: Path, rng) -> str:
     image_with_labels("wrong_count")
     image_with_labels("background")
     write_labels(root, "background", [])  # empty label file: background, no issue
-    (root / "images" / "val" / "corrupt.jpg").write_bytes(rng.integers(0, 256, size=2048, dtype=np.uint8).tobytes())
+    # A JPEG signature (SOI, APP0) followed by noise: recognised as JPEG, fails to decode.
+    noise = rng.integers(0, 256, size=2048, dtype=np.uint8).tobytes()
+    (root / "images" / "val" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + noise)
     write_labels(root, "corrupt", ["0 0.5 0.5 0.2 0.2"])
     return (
         f"detect-malformed: {root} (9 images: img_0..3 and background good, missing_label, corrupt.jpg, "

@@ -72,9 +72,7 @@ pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
     // RGBA with 16-bit samples is the widest layout the decoders produce.
     limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
     reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| classify_error(name, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| classify_error(name, e))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::ZeroSize {

@@ -140,7 +140,11 @@ pub struct RgbImage {
 
 /// How an image was fitted into the model input (Ultralytics `LetterBox`):
 /// `input = original * gain + (pad_x, pad_y)`; `pad_x`/`pad_y` are the left/top border in
-/// whole pixels, as `ops.scale_boxes` recomputes them.
+/// whole pixels that `LetterBox` actually added, which is what Ultralytics' validator hands
+/// `ops.scale_boxes` as `ratio_pad`. (Without `ratio_pad`, as in its predictor, `scale_boxes`
+/// recomputes the border as `round((input - original * gain) / 2 - 0.1)`, which is one pixel
+/// off whenever the scaled side's rounding moves the half-border across a rounding boundary,
+/// e.g. a 321x65 (w x h) image in a 320x320 input: top border 127, recomputed 128.)
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub gain: f32,

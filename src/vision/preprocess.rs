@@ -5,6 +5,10 @@
 //! `classify_transforms` (torchvision `Resize` on a PIL image, which is PIL's antialiased
 //! bilinear, then `CenterCrop` and `ToTensor`). Inputs are RGB already, so there is no BGR swap.
 //! All functions write NCHW f32 (batch of one) into a caller-owned buffer that is reused.
+//!
+//! [`letterbox`] and [`letterbox_auto`] are the predictor's path (`model.predict`);
+//! [`letterbox_val`] is what `yolo val` feeds a fixed-shape model, whose dataset resizes with
+//! different rounding. Metrics meant to match `yolo val` need the latter.
 
 use super::image::resize_rows;
 use super::{Letterbox, RgbImage};
@@ -126,6 +130,35 @@ pub fn letterbox_auto(img: &RgbImage, imgsz: u32, stride: u32, out: &mut Vec<f32
     } else {
         geometry(img.width, img.height, imgsz, imgsz, Some(stride))
     };
+    fill_letterbox(img, g, out)
+}
+
+/// What `yolo val` feeds a fixed-shape model (`imgsz` square): `YOLODataset.load_image` scales
+/// the long side to `imgsz` with `math.ceil` sizes (`cv2.resize`, INTER_LINEAR), then
+/// `LetterBox((imgsz, imgsz), scaleup=False)` only pads, since the image already fits.
+///
+/// This differs from [`letterbox`] (the predictor's path) in the rounding of the resized size:
+/// `ceil` here, `round` there, so a 600x400 image at 320 becomes 320x214 here and 320x213 there.
+/// `gain` is the validator's `ratio_pad` gain, `resized_h / orig_h`, which Ultralytics'
+/// `scale_boxes` applies to both axes; the pads are the border actually added.
+/// Ultralytics' validator uses this path for non-PyTorch models (it forces `rect=False`).
+pub fn letterbox_val(img: &RgbImage, imgsz: u32, out: &mut Vec<f32>) -> Letterbox {
+    let (w0, h0) = (img.width, img.height);
+    if w0 == 0 || h0 == 0 {
+        return fill_letterbox(img, geometry(w0, h0, imgsz, imgsz, None), out);
+    }
+    let r = f64::from(imgsz) / f64::from(w0.max(h0));
+    let (w, h) = if r != 1.0 {
+        let side = |v: u32| ((f64::from(v) * r).ceil() as u32).min(imgsz);
+        (side(w0), side(h0))
+    } else {
+        (w0, h0)
+    };
+    // The long side is now exactly `imgsz`, so LetterBox's ratio is 1: no second resize, only
+    // the border; `fill_letterbox` does the single resize from the original.
+    let mut g = geometry(w, h, imgsz, imgsz, None);
+    debug_assert_eq!((g.unpad_w, g.unpad_h), (w, h));
+    g.gain = f64::from(h) / f64::from(h0);
     fill_letterbox(img, g, out)
 }
 
