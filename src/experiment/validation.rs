@@ -224,6 +224,11 @@ impl Validator {
                     .map_err(|e| image_err("preprocess", e.to_string()))?;
                     (identity_box(&img, imgsz, imgsz), Some(t))
                 }
+                // Square inputs get exactly what `yolo val` feeds a fixed-shape export, so
+                // metrics compare with Ultralytics' numbers; other shapes the predictor's path.
+                (_, InputGeometry::Fixed { w, h }) if w == h => {
+                    (preprocess::letterbox_val(&img, w, &mut self.buf), None)
+                }
                 (_, InputGeometry::Fixed { w, h }) => {
                     (preprocess::letterbox(&img, w, h, &mut self.buf), None)
                 }
