@@ -1,6 +1,7 @@
 # Preprocessing reference test (tests/vision_preprocess_reference.rs): scripts/preprocess_ref.py
 # transcribes Ultralytics' LetterBox with OpenCV, so cv2 joins the venv; the test images are two
 # real photos shipped inside the scikit-image wheel (unpacked only, scikit-image is not installed).
+# tests/vision_yolo.rs uses the same cv2 (scripts/yolo_ref.py letterbox) and astronaut.png.
 OPENCV_HEADLESS_VERSION := 4.10.0.84
 SKIMAGE_VERSION := 0.24.0
 PRE_IMAGES := $(CACHE)/images
