@@ -1363,6 +1363,8 @@ mod tests {
         // Two classes above conf at one anchor (a second label only with multi_label).
         p.anchor(1500, [200.0, 200.0, 20.0, 20.0], 1, 0.5);
         p.set(4 + 2, 1500, 0.4);
+        // Exactly at conf 0.25: not above it, so never a label there.
+        p.set(4, 1500, 0.25);
         p
     }
 
@@ -1416,8 +1418,21 @@ mod tests {
             &lb,
             &params(0.001, true),
         ));
-        assert_eq!(dets.len(), 6, "conf 0.001 keeps the 0.2 box: {dets:?}");
-        assert_box(dets[5].bbox, bbox(80.0, 400.0, 120.0, 440.0));
+        let got: Vec<(u32, f32)> = dets.iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0.9),
+                (1, 0.7),
+                (2, 0.6),
+                (1, 0.5),
+                (2, 0.4),
+                (0, 0.25),
+                (2, 0.2)
+            ],
+            "conf 0.001 adds the 0.25 label and the 0.2 box"
+        );
+        assert_box(dets[6].bbox, bbox(80.0, 400.0, 120.0, 440.0));
 
         let capped = ValParams {
             max_det: 2,
@@ -1441,6 +1456,36 @@ mod tests {
             &ValParams::default(),
         ));
         assert!(dets.is_empty(), "{dets:?}");
+    }
+
+    #[test]
+    fn detect_conf_is_a_strict_lower_bound() {
+        let mut p = Pred::new(4 + 3);
+        p.anchor(77, [100.0, 100.0, 40.0, 40.0], 2, 0.25);
+        let out = [("output0", &p.shape()[..], &p.data[..])];
+        for multi_label in [false, true] {
+            let at = objects(run(
+                Task::Detect,
+                None,
+                None,
+                &out,
+                &lb_identity(),
+                &params(0.25, multi_label),
+            ));
+            assert!(
+                at.is_empty(),
+                "score == conf is dropped (Ultralytics: conf > conf_thres): {at:?}"
+            );
+            let below = objects(run(
+                Task::Detect,
+                None,
+                None,
+                &out,
+                &lb_identity(),
+                &params(0.249, multi_label),
+            ));
+            assert_eq!(below.len(), 1);
+        }
     }
 
     // ---- pose ----
@@ -1544,8 +1589,8 @@ mod tests {
         // Box 20..220 contains the channel-0 rectangle: the mask is that rectangle.
         p.anchor(100, [120.0, 120.0, 200.0, 200.0], 0, 0.9);
         p.set(5, 100, 1.0);
-        // Box x 200..300, y 150..250 cuts the channel-1 rectangle (x 160..280) on the left.
-        p.anchor(900, [250.0, 200.0, 100.0, 100.0], 0, 0.8);
+        // Box x 202..302, y 150..250 cuts the channel-1 rectangle (x 160..280) on the left.
+        p.anchor(900, [252.0, 200.0, 100.0, 100.0], 0, 0.8);
         p.set(5 + 1, 900, 1.0);
         p
     }
@@ -1573,12 +1618,12 @@ mod tests {
         // Bilinear x4 of a +10/-10 step crosses 0 exactly on the proto cell border; only the
         // four corner pixels fall below 0 (-10 * 0.375 + 2.5 * 0.625 = -2.19).
         assert_eq!(mask_extent(m0), (80 * 80 - 4, [40, 80, 120, 160]));
-        // Ultralytics crops on the 80x80 grid (column c kept when c >= 200/4 = 50) before the
-        // x4 upsampling, so the cropped zero column 49 blends with column 50's +10 and the mask
-        // starts at x 198, 2 px left of the box edge; that edge (0 next to +10) keeps its
+        // Ultralytics crops on the 80x80 grid (column c kept when c >= 202/4 = 50.5, so from
+        // 51) before the x4 upsampling, so the cropped zero column 50 blends with column 51's +10
+        // and the mask starts at x 202 (not at 51 * 4 = 204); that edge (0 next to +10) keeps its
         // corners, the right one (-10 next to +10) loses two.
         let m1 = dets[1].mask.as_ref().unwrap();
-        assert_eq!(mask_extent(m1), (82 * 80 - 2, [198, 160, 280, 240]));
+        assert_eq!(mask_extent(m1), (78 * 80 - 2, [202, 160, 280, 240]));
 
         // 640x480 original: the 320x240 letterbox content (rows 40..280) is scaled x2.
         let dets = objects(run(
@@ -1594,8 +1639,8 @@ mod tests {
         // Each input pixel becomes 2x2.
         assert_eq!(mask_extent(m0), (160 * 160 - 4 * 4, [80, 80, 240, 240]));
         let m1 = dets[1].mask.as_ref().unwrap();
-        assert_eq!(mask_extent(m1), (164 * 160 - 2 * 4, [396, 240, 560, 400]));
-        assert_box(dets[1].bbox, bbox(400.0, 220.0, 600.0, 420.0));
+        assert_eq!(mask_extent(m1), (156 * 160 - 2 * 4, [404, 240, 560, 400]));
+        assert_box(dets[1].bbox, bbox(404.0, 220.0, 604.0, 420.0));
     }
 
     #[test]
