@@ -14,8 +14,9 @@ anchors with known boxes, scores, keypoints, angles, mask coefficients; every ot
 Each output is `constant + 0 * ReduceMean(images)`, so ONNX Runtime cannot fold the graph into a
 constant, and the values stay bit-exact for any finite image.
 
-OUT_DIR/<task>.expected.json holds, for a 320x320 original (identity letterbox) and a 640x480
-original (gain 0.5, 40 px bars top and bottom), and for Ultralytics' val (conf 0.001, iou 0.7,
+OUT_DIR/<task>.expected.json holds, for a 320x320 original (identity letterbox), a 640x480
+original (gain 0.5, 40 px bars top and bottom) and a 300x211 one (gain 16/15, bars of 47 and 48
+px; boxes and keypoints scaled with the validator's ratio_pad), and for Ultralytics' val (conf 0.001, iou 0.7,
 multi_label) and predict (conf 0.25, iou 0.7, best class only) settings, the detections of a
 numpy transcription of Ultralytics 8.3 `utils/nms.py` non_max_suppression (torchvision greedy NMS;
 TorchNMS.fast_nms with batch_probiou for obb) and `utils/ops.py` (xywh2xyxy, scale_boxes,
@@ -37,7 +38,9 @@ IMGSZ = 320
 N = 40 * 40 + 20 * 20 + 10 * 10  # 2100 anchors of a 320x320 input, strides 8/16/32
 NM = 32
 MH = MW = IMGSZ // 4
-ORIGINALS = [(320, 320), (640, 480)]  # (w, h)
+# (w, h): identity; gain 0.5 with 40 px bars; gain 16/15 with an odd 95 px border (47 top, 48
+# bottom), where mask content cuts and rounding of the border matter.
+ORIGINALS = [(320, 320), (640, 480), (300, 211)]
 SETTINGS = {
     "val": dict(conf=0.001, iou=0.7, multi_label=True, max_det=300),
     "predict": dict(conf=0.25, iou=0.7, multi_label=False, max_det=300),
@@ -260,10 +263,13 @@ def non_max_suppression(prediction, conf, iou, multi_label, max_det, nc, rotated
 
 
 def ratio_pad(orig_w, orig_h):
+    """The validator's ratio_pad: LetterBox's gain and its (left, top) border in whole pixels.
+    (Predict recomputes it; scale_boxes rounds to the same border, scale_coords for keypoints
+    keeps the unrounded half border, up to 0.5 input px off when the border is odd.)"""
     gain = min(IMGSZ / orig_h, IMGSZ / orig_w)
-    pad_x = round((IMGSZ - orig_w * gain) / 2 - 0.1)
-    pad_y = round((IMGSZ - orig_h * gain) / 2 - 0.1)
-    return gain, pad_x, pad_y
+    unpad_w, unpad_h = round(orig_w * gain), round(orig_h * gain)
+    dw, dh = (IMGSZ - unpad_w) / 2, (IMGSZ - unpad_h) / 2
+    return gain, round(dw - 0.1), round(dh - 0.1)
 
 
 def scale_boxes(boxes, orig_w, orig_h, xywh=False):
@@ -283,8 +289,7 @@ def scale_boxes(boxes, orig_w, orig_h, xywh=False):
 
 
 def scale_coords(coords, orig_w, orig_h):
-    gain = min(IMGSZ / orig_h, IMGSZ / orig_w)
-    pad = (IMGSZ - orig_w * gain) / 2, (IMGSZ - orig_h * gain) / 2
+    gain, *pad = ratio_pad(orig_w, orig_h)
     c = coords.copy()
     c[..., 0] = ((c[..., 0] - pad[0]) / gain).clip(0, orig_w)
     c[..., 1] = ((c[..., 1] - pad[1]) / gain).clip(0, orig_h)

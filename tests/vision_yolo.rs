@@ -261,7 +261,7 @@ fn generated() -> tempfile::TempDir {
     dir
 }
 
-/// Every planted model on a 320x320 and a 640x480 image, val and predict settings.
+/// Every planted model on a 320x320, a 640x480 and a 300x211 image, val and predict settings.
 fn check_generated(task: Task, name: &str) {
     let tmp = generated();
     let dir = tmp.path();
@@ -276,14 +276,17 @@ fn check_generated(task: Task, name: &str) {
     assert_eq!(layout.num_classes, nc);
     let mut input = Vec::new();
     let cases = expected["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 6);
     let mut worst = 0f32;
     for case in cases {
         let orig = floats(&case["orig"]);
         let img = synthetic(orig[0] as u32, orig[1] as u32);
         let lb = preprocess::letterbox(&img, 320, 320, &mut input);
-        if img.width == 640 {
-            assert_eq!((lb.gain, lb.pad_x, lb.pad_y), (0.5, 0.0, 40.0), "{lb:?}");
+        match img.width {
+            640 => assert_eq!((lb.gain, lb.pad_x, lb.pad_y), (0.5, 0.0, 40.0), "{lb:?}"),
+            // 211 * 16/15 = 225 rows: a 95 px border, 47 on top.
+            300 => assert_eq!((lb.pad_x, lb.pad_y), (0.0, 47.0), "{lb:?}"),
+            _ => assert_eq!((lb.gain, lb.pad_x, lb.pad_y), (1.0, 0.0, 0.0), "{lb:?}"),
         }
         let outs = model.infer(input.clone(), lb.input_w, lb.input_h);
         let params = params_of(case);
@@ -300,7 +303,7 @@ fn check_generated(task: Task, name: &str) {
             }
         }
     }
-    println!("{name}: all 4 cases equal Ultralytics; max coordinate difference {worst:.2e} px");
+    println!("{name}: all 6 cases equal Ultralytics; max coordinate difference {worst:.2e} px");
 }
 
 #[test]

@@ -823,6 +823,10 @@ pub fn scale_box(b: BBox, lb: &Letterbox) -> BBox {
 }
 
 /// Ultralytics `scale_coords` for one point: input pixels → original pixels, clipped.
+///
+/// The border is the letterbox's whole-pixel one, as the validator's `ratio_pad` gives it;
+/// predict's `scale_coords` recomputes the unrounded half border, up to half an input pixel
+/// different when the border is odd.
 pub fn scale_point(x: f32, y: f32, lb: &Letterbox) -> (f32, f32) {
     (
         ((x - lb.pad_x) / lb.gain).clamp(0.0, lb.orig_w as f32),
