@@ -2,7 +2,8 @@
 # transcribes Ultralytics' LetterBox with OpenCV and classify_transforms with Pillow (torchvision
 # resizes the PIL image with PIL's own bilinear), so cv2 and PIL join the venv; the test images
 # are two real photos shipped inside the scikit-image wheel (unpacked only, scikit-image is not
-# installed).
+# installed). tests/vision_yolo.rs uses the same cv2 (scripts/yolo_ref.py letterbox) and
+# astronaut.png.
 OPENCV_HEADLESS_VERSION := 4.10.0.84
 PILLOW_VERSION := 11.0.0
 SKIMAGE_VERSION := 0.24.0
