@@ -6,7 +6,7 @@ Usage: .cache/venv/bin/python scripts/gen_yolo_models.py OUT_DIR
 
 Every model takes `images` float32 [1, 3, 320, 320] and returns constants planted here (a few
 anchors with known boxes, scores, keypoints, angles, mask coefficients; every other score 0):
-  cls.onnx     output0 [1, 5]                 probabilities (the export ends in softmax)
+  cls.onnx     output0 [1, 3]                 probabilities (the export ends in softmax)
   detect.onnx  output0 [1, 4+3, 2100]
   pose.onnx    output0 [1, 4+1+17*3, 2100]
   seg.onnx     output0 [1, 4+3+32, 2100], output1 [1, 32, 80, 80] (prototypes)
@@ -160,7 +160,9 @@ def plant_obb():
     return p.a
 
 
-CLS_PROBS = np.array([[0.05, 0.6, 0.1, 0.2, 0.05]], F32)
+# Three classes, like the generated cls dataset (scripts/gen_datasets.py), so the demo can
+# validate this model on it.
+CLS_PROBS = np.array([[0.25, 0.6, 0.15]], F32)
 
 
 # ---------------------------------------------------------------- Ultralytics, in numpy
@@ -389,7 +391,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     seg_pred, seg_protos = plant_seg()
     tasks = {
-        "cls": (5, [("output0", CLS_PROBS)]),
+        "cls": (3, [("output0", CLS_PROBS)]),
         "detect": (3, [("output0", plant_detect())]),
         "pose": (1, [("output0", plant_pose())]),
         "seg": (3, [("output0", seg_pred), ("output1", seg_protos)]),

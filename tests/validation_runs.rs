@@ -245,3 +245,96 @@ cooldown_s = 0
     let status = status_json(&bus);
     assert!(status.is_object());
 }
+
+/// The five generated YOLO heads (`scripts/gen_yolo_models.py`, constant outputs planted at
+/// known anchors) on datasets labelled with exactly those predictions
+/// (`scripts/gen_planted_datasets.py`): every metric has a value known in advance, and it must
+/// come out the same alone and together.
+#[test]
+fn planted_datasets_score_their_known_metrics_alone_and_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, data) = (dir.path().join("models"), dir.path().join("data"));
+    let py = cache().join("venv/bin/python");
+    for (script, args) in [
+        ("gen_yolo_models.py", vec![&models]),
+        ("gen_planted_datasets.py", vec![&models, &data]),
+    ] {
+        let o = Command::new(&py)
+            .arg(repo().join("scripts").join(script))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make deps`)", py.display()));
+        assert!(o.status.success(), "{script}: {}", out_text(&o));
+    }
+    let tasks = ["cls", "detect", "pose", "seg", "obb"];
+    let mut toml = real_models_toml();
+    for t in tasks {
+        toml += &format!(
+            "\n[[model]]\nname = \"yolo-{t}\"\npath = \"{}\"\ntask = \"{t}\"\ndataset = \"{}\"\n",
+            models.join(format!("{t}.onnx")).display(),
+            data.join(t).display(),
+        );
+    }
+    toml += "\n[[experiment]]\nname = \"planted\"\nkind = \"validation\"\n\
+             models = [\"yolo-cls\", \"yolo-detect\", \"yolo-pose\", \"yolo-seg\", \"yolo-obb\"]\n\
+             modes = [\"alone\", \"together\"]\nmps = [\"off\"]\nwarmup = 1\nrepeats = 1\ncooldown_s = 0\n";
+    let bus = Bus::session();
+    let cfg = TestConfig::new(&toml);
+    let mut d = Daemon::spawn(&bus, &cfg, None, &[]);
+    d.wait_ready(&bus);
+    let id = run_wait(&bus, "planted", &d);
+    let json: serde_json::Value = serde_json::from_str(&report(&bus, id, "json")).unwrap();
+    let v = &json["validation"];
+
+    for g in v["agreement"].as_array().unwrap() {
+        assert_eq!(g["phases"], 2, "{g}");
+        assert_eq!(g["metrics_identical"], true, "{g}");
+        assert_eq!(g["predictions_identical"], true, "{g}");
+    }
+    // Every task's image went through all three timed stages, alone and together.
+    assert_eq!(v["stages"].as_array().unwrap().len(), 10, "{v:#}");
+    for s in v["stages"].as_array().unwrap() {
+        assert_eq!(s["n"], 3, "{s}");
+    }
+    let metrics = |model: &str| -> serde_json::Value {
+        let cells: Vec<&serde_json::Value> = v["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["model"] == model)
+            .collect();
+        assert_eq!(cells.len(), 2, "{model}");
+        cells[0]["metrics"].clone()
+    };
+    let close = |x: &serde_json::Value, want: f64| (x.as_f64().unwrap() - want).abs() < 1e-9;
+    // A perfect match under Ultralytics' 101-point interpolation scores 0.995.
+    let perfect = |m: &serde_json::Value, kind: &str, precision: f64| {
+        let b = &m[kind];
+        assert!(close(&b["recall"], 1.0), "{kind}: {m}");
+        assert!(close(&b["precision"], precision), "{kind}: {m}");
+        assert!(close(&b["map50"], 0.995), "{kind}: {m}");
+        assert!(close(&b["map50_95"], 0.995), "{kind}: {m}");
+    };
+    let cls = metrics("yolo-cls");
+    assert_eq!(
+        (cls["top1"].as_f64(), cls["top5"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    // Multi-label NMS keeps two extra labels per image above 0.25: 5 TP of 7.
+    let det = metrics("yolo-detect");
+    perfect(&det, "boxes", 5.0 / 7.0);
+    assert_eq!(
+        (det["instances"].as_u64(), det["detections"].as_u64()),
+        (Some(15), Some(21))
+    );
+    let pose = metrics("yolo-pose");
+    perfect(&pose, "boxes", 1.0);
+    perfect(&pose, "keypoints", 1.0);
+    let seg = metrics("yolo-seg");
+    perfect(&seg, "boxes", 1.0);
+    // Labels are box outlines, predictions the prototypes' shapes: masks score lower.
+    assert!(seg["masks"]["map50_95"].as_f64().unwrap() < 0.9, "{seg}");
+    let obb = metrics("yolo-obb");
+    perfect(&obb, "boxes", 4.0 / 5.0);
+    assert!(d.is_running());
+}
