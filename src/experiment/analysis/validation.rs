@@ -206,16 +206,16 @@ pub fn analyze(
 /// Every metric as (name, value), in report order; absent metrics are `None`.
 pub fn metric_values(m: &TaskMetrics) -> Vec<(String, Option<f64>)> {
     let mut v = vec![
-        ("images".to_string(), Some(m.images as f64)),
-        ("instances".to_string(), Some(m.instances as f64)),
-        ("detections".to_string(), Some(m.detections as f64)),
-        ("top1".to_string(), m.top1),
-        ("top5".to_string(), m.top5),
+        ("Images".to_string(), Some(m.images as f64)),
+        ("Instances".to_string(), Some(m.instances as f64)),
+        ("Detections".to_string(), Some(m.detections as f64)),
+        ("Top-1".to_string(), m.top1),
+        ("Top-5".to_string(), m.top5),
     ];
     for (kind, d) in [
-        ("box", &m.boxes),
-        ("mask", &m.masks),
-        ("pose", &m.keypoints),
+        ("Box", &m.boxes),
+        ("Mask", &m.masks),
+        ("Pose", &m.keypoints),
     ] {
         for (name, x) in [
             ("P", d.map(|d| d.precision)),
