@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::protocol::{Record, Stage, TensorInfo, ValidationSummary};
 use crate::config::Task;
-use crate::vision::dataset::Dataset;
+use crate::vision::dataset::{relative, Dataset};
 use crate::vision::metrics::{MetricOptions, MetricsAccumulator};
 use crate::vision::postprocess::{self, ModelLayout};
 use crate::vision::{
@@ -388,13 +388,6 @@ fn identity_box(img: &crate::vision::RgbImage, w: u32, h: u32) -> Letterbox {
         orig_w: img.width,
         orig_h: img.height,
     }
-}
-
-fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
 }
 
 /// Feeds a canonical byte form of the prediction to the digest: equal digests across phases

@@ -140,10 +140,7 @@ impl RawLabels {
                             let corners = if polygon.len() == 4 {
                                 polygon.clone()
                             } else {
-                                rbox_corners(&r)
-                                    .iter()
-                                    .map(|p| [p[0] * sx, p[1] * sy])
-                                    .collect()
+                                r.corners().iter().map(|p| [p[0] * sx, p[1] * sy]).collect()
                             };
                             min_area_rect(&corners)
                         });
@@ -187,17 +184,6 @@ impl Dataset {
             Task::Generic => Err(DatasetError::UnsupportedTask),
             Task::Detect | Task::Pose | Task::Seg | Task::Obb => open_yaml(path, task, split),
         }
-    }
-}
-
-fn task_name(task: Task) -> &'static str {
-    match task {
-        Task::Cls => "cls",
-        Task::Detect => "detect",
-        Task::Pose => "pose",
-        Task::Seg => "seg",
-        Task::Obb => "obb",
-        Task::Generic => "generic",
     }
 }
 
@@ -680,7 +666,8 @@ fn check_image(root: &Path, image: &Path) -> Option<DatasetIssue> {
     })
 }
 
-fn relative(root: &Path, path: &Path) -> String {
+/// `path` relative to the dataset root, as issues and reports name files.
+pub(crate) fn relative(root: &Path, path: &Path) -> String {
     path.strip_prefix(root)
         .unwrap_or(path)
         .to_string_lossy()
@@ -839,9 +826,10 @@ fn parse_line(
                 Vec::new(),
             ))
         }
-        Task::Cls | Task::Generic => {
-            Err(format!("task {} has no YOLO label lines", task_name(task)))
-        }
+        Task::Cls | Task::Generic => Err(format!(
+            "task {} has no YOLO label lines",
+            Task::as_str(task)
+        )),
     }
 }
 
@@ -979,16 +967,4 @@ fn regularize(r: RBox64) -> RBox {
         h: h as f32,
         angle: angle as f32,
     }
-}
-
-/// The 4 corners of a rotated box, in order around it.
-fn rbox_corners(r: &RBox) -> Vec<[f32; 2]> {
-    let (s, c) = r.angle.sin_cos();
-    [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]
-        .iter()
-        .map(|(u, v)| {
-            let (x, y) = (u * r.w, v * r.h);
-            [r.cx + x * c - y * s, r.cy + x * s + y * c]
-        })
-        .collect()
 }

@@ -40,6 +40,21 @@ pub struct RBox {
     pub angle: f32,
 }
 
+impl RBox {
+    /// The four corners, in order around the box (Ultralytics `xywhr2xyxyxyxy`).
+    pub fn corners(&self) -> [[f32; 2]; 4] {
+        let (sin, cos) = self.angle.sin_cos();
+        let (v1x, v1y) = (self.w / 2.0 * cos, self.w / 2.0 * sin);
+        let (v2x, v2y) = (-self.h / 2.0 * sin, self.h / 2.0 * cos);
+        [
+            [self.cx + v1x + v2x, self.cy + v1y + v2y],
+            [self.cx + v1x - v2x, self.cy + v1y - v2y],
+            [self.cx - v1x - v2x, self.cy - v1y - v2y],
+            [self.cx - v1x + v2x, self.cy - v1y + v2y],
+        ]
+    }
+}
+
 /// A keypoint: position in pixels and, for labels, visibility (0 = not labelled, 1 = occluded,
 /// 2 = visible; 2-value keypoints count as visible), for predictions the keypoint confidence.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -89,17 +89,6 @@ pub enum PostprocessError {
     BadLetterbox(String),
 }
 
-fn task_name(task: Task) -> &'static str {
-    match task {
-        Task::Cls => "cls",
-        Task::Detect => "detect",
-        Task::Pose => "pose",
-        Task::Seg => "seg",
-        Task::Obb => "obb",
-        Task::Generic => "generic",
-    }
-}
-
 fn expected_text(task: Task) -> &'static str {
     match task {
         Task::Cls => "one output [1, nc]",
@@ -129,7 +118,7 @@ fn outputs_text(outputs: &[(&str, &[i64])]) -> String {
 
 fn shape_error(task: Task, name: &str, shape: &[i64], detail: &str) -> PostprocessError {
     PostprocessError::OutputShape {
-        task: task_name(task),
+        task: Task::as_str(task),
         expected: expected_text(task),
         output: name.to_string(),
         shape: shape_text(shape),
@@ -155,7 +144,7 @@ pub fn layout(
     kpt_shape: Option<(usize, usize)>,
 ) -> Result<ModelLayout, PostprocessError> {
     let count_err = || PostprocessError::OutputCount {
-        task: task_name(task),
+        task: Task::as_str(task),
         expected: expected_text(task),
         found: outputs_text(outputs),
     };
@@ -172,7 +161,7 @@ pub fn layout(
     };
     match task {
         Task::Generic => Err(PostprocessError::UnsupportedTask {
-            task: task_name(task),
+            task: Task::as_str(task),
         }),
         Task::Cls => {
             let [(name, shape)] = outputs else {
@@ -316,7 +305,7 @@ pub fn postprocess(
         outputs
             .get(index)
             .ok_or(PostprocessError::MissingOutput {
-                task: task_name(task),
+                task: Task::as_str(task),
                 index,
                 count: outputs.len(),
             })
@@ -342,7 +331,7 @@ pub fn postprocess(
         }
         Task::Cls | Task::Generic => {
             return Err(PostprocessError::UnsupportedTask {
-                task: task_name(task),
+                task: Task::as_str(task),
             })
         }
     };
@@ -784,22 +773,9 @@ pub fn regularize_rbox(r: RBox) -> RBox {
     }
 }
 
-/// Corners of a rotated box (Ultralytics `xywhr2xyxyxyxy`).
-pub fn rbox_corners(r: &RBox) -> [[f32; 2]; 4] {
-    let (sin, cos) = r.angle.sin_cos();
-    let (v1x, v1y) = (r.w / 2.0 * cos, r.w / 2.0 * sin);
-    let (v2x, v2y) = (-r.h / 2.0 * sin, r.h / 2.0 * cos);
-    [
-        [r.cx + v1x + v2x, r.cy + v1y + v2y],
-        [r.cx + v1x - v2x, r.cy + v1y - v2y],
-        [r.cx - v1x - v2x, r.cy - v1y - v2y],
-        [r.cx - v1x + v2x, r.cy - v1y + v2y],
-    ]
-}
-
 /// Axis-aligned hull of a rotated box.
 pub fn rbox_hull(r: &RBox) -> BBox {
-    let pts = rbox_corners(r);
+    let pts = r.corners();
     let mut hull = BBox {
         x1: f32::INFINITY,
         y1: f32::INFINITY,
@@ -1761,9 +1737,12 @@ mod tests {
             assert!(rbox_close(got, r(w2, h2, t2)), "({w}, {h}, {t}) → {got:?}");
             assert!((0.0..FRAC_PI_2).contains(&got.angle));
             // The rectangle itself does not move: same corners, up to their order.
-            let mut a =
-                rbox_corners(&r(w, h, t)).map(|[x, y]| ((x * 1e3).round(), (y * 1e3).round()));
-            let mut b = rbox_corners(&got).map(|[x, y]| ((x * 1e3).round(), (y * 1e3).round()));
+            let mut a = r(w, h, t)
+                .corners()
+                .map(|[x, y]| ((x * 1e3).round(), (y * 1e3).round()));
+            let mut b = got
+                .corners()
+                .map(|[x, y]| ((x * 1e3).round(), (y * 1e3).round()));
             a.sort_by(|p, q| p.partial_cmp(q).unwrap());
             b.sort_by(|p, q| p.partial_cmp(q).unwrap());
             for (p, q) in a.iter().zip(&b) {
