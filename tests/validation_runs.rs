@@ -338,3 +338,80 @@ fn planted_datasets_score_their_known_metrics_alone_and_together() {
     perfect(&obb, "boxes", 4.0 / 5.0);
     assert!(d.is_running());
 }
+
+/// `iterations` caps the images of a validation pass, and `--predictions` writes one line per
+/// scored image with the original image's pixel coordinates.
+#[test]
+fn worker_caps_images_and_writes_predictions() {
+    let data = photo_datasets();
+    let preds = data.path().join("pred.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_mpslab-worker"))
+        .arg("--ort-lib")
+        .arg(cache().join("ort/libonnxruntime.so"))
+        .arg("--model")
+        .arg(cache().join("models/320n.onnx"))
+        .args([
+            "--dim",
+            "batch=1",
+            "--dim",
+            "height=320",
+            "--dim",
+            "width=320",
+        ])
+        .args([
+            "--threads",
+            "1",
+            "--warmup",
+            "0",
+            "--autostart",
+            "--task",
+            "detect",
+        ])
+        .arg("--dataset")
+        .arg(data.path().join("faces"))
+        .arg("--predictions")
+        .arg(&preds)
+        .args(["--iterations", "1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out_text(&o));
+    let msgs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = msgs.iter().find(|m| m["type"] == "validation").unwrap();
+    assert_eq!(summary["images"], 1, "{summary}");
+    assert_eq!(summary["dataset_images"], 2, "{summary}");
+    let done = msgs.iter().find(|m| m["type"] == "done").unwrap();
+    assert_eq!(done["reason"], "iterations", "{done}");
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let p = &lines[0];
+    assert_eq!(p["image"], "images/val/astronaut.png");
+    assert_eq!(
+        (p["width"].as_u64(), p["height"].as_u64()),
+        (Some(512), Some(512))
+    );
+    let face = &p["objects"][0];
+    assert_eq!(face["class"], 1, "FACE_FEMALE first: {p}");
+    let b: Vec<f64> = face["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // In the original 512 px image, inside the hand label (172, 62)-(280, 186) give or take.
+    assert!(
+        b[0] > 160.0 && b[1] > 55.0 && b[2] < 290.0 && b[3] < 195.0,
+        "{b:?}"
+    );
+    for stage in ["pre_ms", "infer_ms", "post_ms"] {
+        assert!(p[stage].as_f64().unwrap() > 0.0, "{stage}: {p}");
+    }
+}
