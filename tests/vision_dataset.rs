@@ -186,6 +186,9 @@ fn names_as_list_map_or_nc() {
     let err = open("val: [images/val\nnames: [a]\n").unwrap_err();
     assert!(matches!(err, DatasetError::Yaml { .. }), "{err}");
     assert!(err.to_string().contains("data.yaml"), "{err}");
+    // A syntax error points at its line.
+    let err = open("val: images/val\nnames:\n  - a\n  - b\n nc: 2\n").unwrap_err();
+    assert!(matches!(&err, DatasetError::Yaml { line: 5, .. }), "{err}");
 }
 
 #[test]

@@ -26,7 +26,8 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
-use serde_yaml_ng::Value;
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
 
 use super::{BBox, DatasetIssue, GtObject, IssueKind, Keypoint, Labels, RBox, Task};
 
@@ -212,16 +213,14 @@ fn parse_data_yaml(
         key: key.to_string(),
         reason,
     };
-    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        DatasetError::Yaml {
-            path: path(),
-            line,
-            column,
-            message: e.to_string(),
-        }
+    let docs = YamlLoader::load_from_str(text).map_err(|e| DatasetError::Yaml {
+        path: path(),
+        line: e.marker().line(),
+        column: e.marker().col() + 1,
+        message: e.to_string(),
     })?;
-    if !doc.is_mapping() {
+    let doc = docs.first().map_or(Value::Null, to_value);
+    if !doc.is_object() {
         return Err(DatasetError::NotAMapping { path: path() });
     }
 
@@ -248,7 +247,7 @@ fn parse_data_yaml(
             })
         }
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Sequence(seq)) => seq
+        Some(Value::Array(seq)) => seq
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
@@ -286,22 +285,17 @@ fn parse_data_yaml(
                 })
             }
         },
-        Some(Value::Sequence(seq)) => seq
+        Some(Value::Array(seq)) => seq
             .iter()
             .map(|v| {
                 scalar_string(v)
                     .ok_or_else(|| invalid("names", format!("has a non-text entry {v:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(Value::Mapping(map)) => {
+        Some(Value::Object(map)) => {
             let mut pairs = Vec::with_capacity(map.len());
             for (k, v) in map {
-                let id = match k {
-                    Value::Number(n) => n.as_u64(),
-                    Value::String(s) => s.trim().parse::<u64>().ok(),
-                    _ => None,
-                }
-                .ok_or_else(|| {
+                let id = k.trim().parse::<u64>().ok().ok_or_else(|| {
                     invalid("names", format!("has a key {k:?} that is not a class id"))
                 })?;
                 let name = scalar_string(v).ok_or_else(|| {
@@ -356,7 +350,7 @@ fn parse_data_yaml(
                 why: "pose datasets need kpt_shape: [keypoints, 2 or 3]",
             })?;
         let dims: Option<Vec<u64>> = v
-            .as_sequence()
+            .as_array()
             .map(|s| s.iter().filter_map(Value::as_u64).collect());
         match dims.as_deref() {
             Some(&[k, d]) if k >= 1 && (d == 2 || d == 3) => Some((k as usize, d as usize)),
@@ -378,6 +372,35 @@ fn parse_data_yaml(
         names,
         kpt_shape,
     })
+}
+
+/// data.yaml as JSON values: a pure-Rust YAML parser (no libyaml translation compiled in) and
+/// the value type the rest of the crate already uses. Mapping keys become their text, so
+/// `names: {0: a}` reads as `{"0": "a"}`; floats that JSON cannot hold become text.
+fn to_value(y: &Yaml) -> Value {
+    match y {
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::String(r.clone()), Value::Number),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Array(a) => Value::Array(a.iter().map(to_value).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let key = match to_value(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_value(v))
+                })
+                .collect(),
+        ),
+        Yaml::Alias(_) | Yaml::Null | Yaml::BadValue => Value::Null,
+    }
 }
 
 fn scalar_string(v: &Value) -> Option<String> {
