@@ -7,7 +7,8 @@ IMAGES_DIR holds astronaut.png and coffee.png (unpacked from the scikit-image wh
 `make deps`). OUTDIR/faces/ is an Ultralytics detect dataset with NudeNet's 18 class names:
 the astronaut's face is labelled FACE_FEMALE (class 1) by hand, the coffee cup is background
 (empty label file). With --malformed, OUTDIR/faces-malformed/ adds one problem of each kind:
-a photo without a label file, a truncated JPEG, and a label whose class id is out of range.
+a photo without a label file, a truncated JPEG, and a label file whose class id is out of range
+on one line and whose next line is short.
 Standard library only.
 """
 
@@ -75,7 +76,8 @@ def main(argv):
             "astronaut": (astronaut, ".png", face),
             "coffee": (coffee, ".png", None),                        # no label file
             "truncated": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", ".jpg", ""),  # not an image
-            "astronaut_bad_class": (astronaut, ".png", face + yolo_line(42, FACE)),
+            # Two bad lines in one file: one image left out, two issues.
+            "astronaut_bad_class": (astronaut, ".png", face + yolo_line(42, FACE) + "1 0.5 0.5\n"),
         })
     print(a.outdir)
     return 0

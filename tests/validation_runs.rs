@@ -166,6 +166,16 @@ cooldown_s = 0
         );
     }
 
+    // Both bad lines of one file are reported; the image still counts once above.
+    assert_eq!(
+        files
+            .iter()
+            .filter(|(f, _)| f == "labels/val/astronaut_bad_class.txt")
+            .count(),
+        2,
+        "{files:?}"
+    );
+
     let md = report(&bus, id, "md");
     for needle in [
         "### 3.1 Task metrics",
@@ -173,6 +183,7 @@ cooldown_s = 0
         "### 3.2 Per-image time: preprocess, inference, postprocess",
         "### 3.3 Dataset issues",
         "| labels/val/astronaut_bad_class.txt | 2 | bad label | class 42",
+        "| labels/val/astronaut_bad_class.txt | 3 | bad label |",
         "Task metrics: identical across all conditions for faces, faces-bad",
     ] {
         assert!(md.contains(needle), "`{needle}` missing from:\n{md}");

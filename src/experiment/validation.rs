@@ -318,13 +318,17 @@ impl Validator {
 
     pub fn finish(self) -> ValidationSummary {
         ValidationSummary {
+            // Images left out when the dataset was opened count once, however many of
+            // their label lines are bad.
             dataset_images: self.dataset.items.len() as u64
                 + self
                     .dataset
                     .issues
                     .iter()
-                    .filter(|i| i.kind == IssueKind::BadLabel)
-                    .count() as u64,
+                    .filter(|i| i.kind != IssueKind::MissingLabel)
+                    .map(|i| i.file.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as u64,
             images: self.images,
             metrics: self.accumulator.finish(),
             predictions_sha256: hex(&self.hasher.finalize()),
