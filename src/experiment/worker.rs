@@ -901,11 +901,7 @@ fn measured_loop(
     let mut last_flush = monotonic_ns();
     let mut index = 0u64;
     loop {
-        if STOP.load(Ordering::Relaxed) != NO_STOP {
-            break;
-        }
-        if args.iterations.is_some_and(|n| index >= n) {
-            request_stop(StopReason::Iterations);
+        if stop_before(args, index) {
             break;
         }
         let start = monotonic_ns();
@@ -958,11 +954,7 @@ fn validation_loop(
     let mut last_flush = monotonic_ns();
     let mut index = 0u64;
     loop {
-        if STOP.load(Ordering::Relaxed) != NO_STOP {
-            break;
-        }
-        if args.iterations.is_some_and(|n| index >= n) {
-            request_stop(StopReason::Iterations);
+        if stop_before(args, index) {
             break;
         }
         let Some(done) = validator.next(session, input, index, monotonic_ns)? else {
@@ -982,6 +974,19 @@ fn validation_loop(
         send_batch(out, &mut batch, &mut stages, batch_len)?;
     }
     Ok(index)
+}
+
+/// Whether the measured or validation loop ends before iteration `index`: a stop was asked
+/// for, or `--iterations` is reached (which becomes the stop reason).
+fn stop_before(args: &WorkerArgs, index: u64) -> bool {
+    if STOP.load(Ordering::Relaxed) != NO_STOP {
+        return true;
+    }
+    if args.iterations.is_some_and(|n| index >= n) {
+        request_stop(StopReason::Iterations);
+        return true;
+    }
+    false
 }
 
 fn send_records(
