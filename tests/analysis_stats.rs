@@ -1,6 +1,8 @@
 //! Latency statistics checked against numpy (scripts/stats_check.py), hand-computed values and
 //! the known sampling distribution of N(0, 1) data.
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -13,16 +15,7 @@ use mpslab::experiment::analysis::{
 const PERCENTILES: [f64; 10] = [0.0, 1.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0];
 
 fn python() -> PathBuf {
-    let cache = std::env::var_os("MPSLAB_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-    let py = cache.join("venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: run `make deps` (numpy reference for the statistics)",
-        py.display()
-    );
-    py
+    common::venv_python("numpy reference for the statistics")
 }
 
 fn numpy_reference(samples: &[Vec<f64>]) -> Vec<serde_json::Value> {

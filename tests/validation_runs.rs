@@ -13,7 +13,7 @@ use common::*;
 /// `scripts/gen_photo_dataset.py` into a temp dir: `faces/` and `faces-malformed/`.
 fn photo_datasets() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let py = cache().join("venv/bin/python");
+    let py = venv_python("numpy for the dataset scripts");
     let o = Command::new(&py)
         .arg(repo().join("scripts/gen_photo_dataset.py"))
         .arg(cache().join("images"))
@@ -265,7 +265,7 @@ cooldown_s = 0
 fn planted_datasets_score_their_known_metrics_alone_and_together() {
     let dir = tempfile::tempdir().unwrap();
     let (models, data) = (dir.path().join("models"), dir.path().join("data"));
-    let py = cache().join("venv/bin/python");
+    let py = venv_python("onnx and numpy for the model and dataset scripts");
     for (script, args) in [
         ("gen_yolo_models.py", vec![&models]),
         ("gen_planted_datasets.py", vec![&models, &data]),

@@ -2,6 +2,8 @@
 //! accepts, label-file problems reported per file and line, label geometry in pixels, and the
 //! demo datasets of scripts/gen_datasets.py.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::f32::consts::PI;
 use std::path::{Path, PathBuf};
@@ -703,16 +705,7 @@ fn to_pixels_scales_every_task() {
 // ---- scripts/gen_datasets.py ----------------------------------------------------------------
 
 fn python() -> PathBuf {
-    let cache = std::env::var_os("MPSLAB_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-    let py = cache.join("venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: run `make deps` (numpy for scripts/gen_datasets.py)",
-        py.display()
-    );
-    py
+    common::venv_python("numpy for scripts/gen_datasets.py")
 }
 
 fn gen_datasets(out: &Path) {

@@ -15,6 +15,8 @@
 //! masks are our rasterised polygons, handed to pycocotools as RLE (this checks the metric, not
 //! the rasteriser, which has unit tests).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -249,16 +251,7 @@ fn score(images: &[Image], task: Task, options: MetricOptions) -> TaskMetrics {
 }
 
 fn python() -> PathBuf {
-    let cache = std::env::var_os("MPSLAB_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-    let py = cache.join("venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: `make deps` creates the venv with pycocotools",
-        py.display()
-    );
-    py
+    common::venv_python("the venv with pycocotools")
 }
 
 fn pycocotools(data: &Value) -> Value {

@@ -3,6 +3,8 @@
 //! OpenCV, and `classify_transforms` with Pillow; the images are two real photos
 //! (`make deps`, mk/pre.mk, puts them and opencv-python-headless/Pillow in `.cache`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,31 +12,16 @@ use mpslab::vision::image::{decode, decode_bytes, ImageError};
 use mpslab::vision::preprocess::{classify, letterbox, letterbox_auto, letterbox_val};
 use mpslab::vision::{Letterbox, RgbImage};
 
-fn cache() -> PathBuf {
-    std::env::var_os("MPSLAB_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"))
-}
-
 fn python() -> PathBuf {
-    let py = cache().join("venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: run `make deps` (mk/pre.mk installs opencv-python-headless and Pillow)",
-        py.display()
-    );
-    py
+    common::venv_python("mk/pre.mk installs opencv-python-headless and Pillow")
 }
 
 /// One of the real photos mk/pre.mk unpacks from the scikit-image wheel.
 fn photo(name: &str) -> PathBuf {
-    let p = cache().join("images").join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `make deps` (mk/pre.mk unpacks the test photos)",
-        p.display()
-    );
-    p
+    common::cached(
+        &format!("images/{name}"),
+        "mk/pre.mk unpacks the test photos",
+    )
 }
 
 const PHOTOS: [&str; 2] = ["astronaut.png", "coffee.png"];

@@ -4,6 +4,8 @@
 //! with onnx, onnxruntime and opencv, NudeNet 320n.onnx, astronaut.png); a missing piece fails
 //! the test and names `make deps`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -18,21 +20,9 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, ValueType};
 use serde_json::Value;
 
-fn cache() -> PathBuf {
-    std::env::var_os("MPSLAB_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"))
-}
-
 /// A file from `.cache`; its absence fails the test with the command that provides it.
 fn needed(rel: &str) -> PathBuf {
-    let path = cache().join(rel);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make deps` (or point MPSLAB_TEST_CACHE at a populated cache)",
-        path.display()
-    );
-    path
+    common::cached(rel, "or point MPSLAB_TEST_CACHE at a populated cache")
 }
 
 fn script(name: &str) -> PathBuf {

@@ -23,6 +23,23 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| repo().join(".cache"))
 }
 
+/// A file from the download cache; a missing one fails the test naming `make deps` and `what`
+/// needs it, never a silent skip.
+pub fn cached(rel: &str, what: &str) -> PathBuf {
+    let path = cache().join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make deps` ({what})",
+        path.display()
+    );
+    path
+}
+
+/// The venv's Python, for the reference scripts (`what`: the packages the caller needs).
+pub fn venv_python(what: &str) -> PathBuf {
+    cached("venv/bin/python", what)
+}
+
 /// A private dbus-daemon; killed on drop.
 pub struct Bus {
     pub child: Child,
